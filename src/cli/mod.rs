@@ -1,0 +1,156 @@
+//! Command-line interface: one module per command. Flags in, one library call, output out. The only place
+//! (with `main.rs`) that prints or chooses exit codes.
+//!
+//! Exit codes: 0 success, 1 failure (the message says what and what to do), 2 bad usage, 3 `verify` found
+//! damage.
+
+mod checkout;
+mod demo;
+mod keys;
+mod publish;
+mod repo;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::process::ExitCode;
+
+/// qpack: deduplicated, content-addressed, peer-to-peer deployment of EUPS install trees.
+#[derive(Parser, Debug)]
+#[command(name = "qpack", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// More logging on stderr (-v: info, -vv: debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pack an install tree (directory or .tar/.tar.zst) into a repository as a named release.
+    Publish(publish::Args),
+    /// List the releases of a repository.
+    Releases(repo::ReleasesArgs),
+    /// Show the parts of a release.
+    Show(repo::ShowArgs),
+    /// Compare two releases: parts added, removed, changed, and bytes to fetch.
+    Diff(repo::DiffArgs),
+    /// Write a release's tree into an empty directory.
+    Checkout(checkout::CheckoutArgs),
+    /// Write a release as one plain .tar.zst (or .tar).
+    Export(checkout::ExportArgs),
+    /// Re-hash every object and check every manifest; exit 3 if anything is damaged.
+    Verify(repo::VerifyArgs),
+    /// Remove old releases and the objects only they used.
+    Gc(repo::GcArgs),
+    /// Create an empty repository (publish creates one too).
+    Init(repo::InitArgs),
+    /// Make keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Generate a sample EUPS tree, publish two releases of it, and show what deduplication saved.
+    Demo(demo::Args),
+}
+
+/// Starts logging to stderr: warnings by default, more with -v, or as RUST_LOG says.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Publish(a) => publish::run(a, cli.verbose),
+        Command::Releases(a) => repo::releases(a),
+        Command::Show(a) => repo::show(a),
+        Command::Diff(a) => repo::diff(a),
+        Command::Checkout(a) => checkout::checkout(a),
+        Command::Export(a) => checkout::export(a),
+        Command::Verify(a) => repo::verify(a),
+        Command::Gc(a) => repo::gc(a),
+        Command::Init(a) => repo::init(a),
+        Command::Keys(c) => keys::run(c),
+        Command::Demo(a) => demo::run(a),
+    }
+}
+
+/// A terminal progress bar behind the library's `Progress` trait; hidden when stderr is not a terminal.
+pub(crate) struct Bar(ProgressBar);
+
+impl Bar {
+    pub(crate) fn new(hidden: bool) -> Self {
+        let pb = if hidden { ProgressBar::hidden() } else { ProgressBar::new(0) };
+        Self(pb)
+    }
+    pub(crate) fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl crate::publish::Progress for Bar {
+    fn phase(&self, name: &str, total: u64) {
+        let style = if total > 0 {
+            ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        } else {
+            ProgressStyle::with_template("{spinner} {msg} {bytes}")
+        };
+        if let Ok(s) = style {
+            self.0.set_style(s.progress_chars("=> "));
+        }
+        self.0.set_length(total);
+        self.0.set_position(0);
+        self.0.set_message(name.to_string());
+        self.0.enable_steady_tick(std::time::Duration::from_millis(120));
+    }
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+}
+
+/// Bytes for humans: `1.5 GiB`.
+pub(crate) fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// A Unix time as `YYYY-MM-DD HH:MM:SS` UTC.
+pub(crate) fn date(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}

@@ -1,0 +1,338 @@
+//! Materializing a release: writing its tree (exact bytes, modes, mtimes, symlinks, hardlinks) into a directory.
+//!
+//! Every path is created relative to the destination's directory fd, parents opened with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` (component-wise `O_NOFOLLOW` where openat2 is missing), new
+//! files with `O_CREAT | O_EXCL | O_NOFOLLOW`: nothing from a manifest can make qpack write outside the
+//! destination or through a symlink. Directories are created owner-writable and get their final mode and mtime
+//! last, deepest first, so read-only directories work for an unprivileged user. Chunks are verified as read.
+
+use crate::id::ReleaseId;
+use crate::manifest::{join, parent_of, show_path, Entry, EntryKind, PartKind, PartManifest, Release, MODE_SETID};
+use crate::publish::Progress;
+use crate::store::{Repository, StoreError};
+use rayon::prelude::*;
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// Why a materialization failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MaterializeError {
+    /// Reading the release from the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing a path failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path being written (relative to the destination).
+        path: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The destination is not an empty directory.
+    #[error("{0} is not empty\nhelp: check out into a new or empty directory")]
+    NotEmpty(PathBuf),
+    /// The release cannot be materialized safely.
+    #[error("refused before writing anything: {0}")]
+    Refused(String),
+}
+
+/// Options of a materialization.
+#[derive(Debug, Clone, Default)]
+pub struct MaterializeOptions {
+    /// Restore setuid/setgid bits (otherwise a release carrying them is refused).
+    pub allow_setuid: bool,
+    /// `syncfs` the destination at the end.
+    pub durable: bool,
+}
+
+/// What was written.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct MaterializeReport {
+    /// Regular files written.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symlinks.
+    pub symlinks: u64,
+    /// Hardlinks.
+    pub hardlinks: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// The tree of a release, flattened: every entry with its path from the release root, sorted.
+pub struct Plan {
+    /// (path from the root, entry); the root itself has the empty path.
+    pub entries: Vec<(Vec<u8>, Entry)>,
+}
+
+impl Plan {
+    /// Reads the manifests of `release` and merges its parts into one sorted tree, refusing overlaps (an entry
+    /// of one part at or under another part's mount), mounts under a non-directory, and (unless allowed)
+    /// setuid/setgid bits. Ancestors of a mount missing from the base part become 0755 directories.
+    pub fn load(repo: &Repository, release: &Release, allow_setuid: bool) -> Result<Self, MaterializeError> {
+        let refuse = |s: String| MaterializeError::Refused(s);
+        let mut tree: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+        let mut manifests: Vec<(&[u8], PartManifest)> = Vec::new();
+        for part in &release.parts {
+            manifests.push((&part.mount, repo.read_manifest(&part.manifest)?));
+        }
+        // Base first, then the others: a mount must not land on or under a non-directory of the base.
+        manifests.sort_by_key(|(m, _)| !m.is_empty());
+        let mounts: Vec<&[u8]> =
+            release.parts.iter().filter(|p| p.kind != PartKind::Base).map(|p| p.mount.as_slice()).collect();
+        for (mount, m) in manifests {
+            for e in m.entries {
+                let full = join(mount, &e.path);
+                if mount.is_empty() {
+                    if let Some(mnt) = mounts
+                        .iter()
+                        .find(|mnt| full == **mnt || (full.starts_with(mnt) && full.get(mnt.len()) == Some(&b'/')))
+                    {
+                        return Err(refuse(format!(
+                            "base part has {} at or under the mount of part {}",
+                            show_path(&full),
+                            show_path(mnt)
+                        )));
+                    }
+                }
+                if e.mode & MODE_SETID != 0 && !allow_setuid && !matches!(e.kind, EntryKind::Symlink { .. }) {
+                    return Err(refuse(format!("{} has setuid/setgid bits (mode {:o})", show_path(&full), e.mode)));
+                }
+                let kind = match e.kind {
+                    EntryKind::Hardlink { target } => EntryKind::Hardlink { target: join(mount, &target) },
+                    k => k,
+                };
+                tree.insert(full, Entry { path: Vec::new(), kind, ..e });
+            }
+        }
+        // Ancestors of each mount: directories (made if the base lacks them), never a file or a symlink.
+        for mnt in &mounts {
+            let mut p = parent_of(mnt);
+            loop {
+                match tree.get(p) {
+                    Some(e) if e.kind != EntryKind::Dir => {
+                        return Err(refuse(format!(
+                            "part {} is mounted under {}, which is not a directory",
+                            show_path(mnt),
+                            show_path(p)
+                        )))
+                    }
+                    Some(_) => {}
+                    None => {
+                        tree.insert(
+                            p.to_vec(),
+                            Entry { path: Vec::new(), mode: 0o755, mtime: Default::default(), kind: EntryKind::Dir },
+                        );
+                    }
+                }
+                if p.is_empty() {
+                    break;
+                }
+                p = parent_of(p);
+            }
+        }
+        Ok(Self { entries: tree.into_iter().collect() })
+    }
+}
+
+/// Splits a relative path into (parent, name).
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (b"", path),
+    }
+}
+
+fn os(p: &[u8]) -> &std::ffi::OsStr {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::OsStr::from_bytes(p)
+}
+
+/// A directory that paths are resolved beneath, never through a symlink.
+pub struct Beneath {
+    root: OwnedFd,
+}
+
+impl Beneath {
+    /// Opens `dir` (which must not itself be a symlink).
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        let root = rustix::fs::open(
+            dir,
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+            Mode::empty(),
+        )?;
+        Ok(Self { root })
+    }
+
+    /// The root directory fd.
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// Opens the directory at `rel` beneath the root, refusing any symlink on the way.
+    pub fn open_dir(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
+        if rel.is_empty() {
+            return Ok(rustix::io::fcntl_dupfd_cloexec(&self.root, 0)?);
+        }
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(&self.root, os(rel), flags, Mode::empty(), resolve) {
+            Ok(fd) => Ok(fd),
+            Err(rustix::io::Errno::NOSYS) | Err(rustix::io::Errno::PERM) => {
+                // No openat2 (old kernel or seccomp): walk one component at a time with O_NOFOLLOW.
+                let mut fd = rustix::io::fcntl_dupfd_cloexec(&self.root, 0)?;
+                for comp in rel.split(|&b| b == b'/') {
+                    if comp.is_empty() || comp == b"." || comp == b".." {
+                        return Err(io::Error::new(io::ErrorKind::InvalidInput, "unsafe path component"));
+                    }
+                    fd = rustix::fs::openat(&fd, os(comp), flags, Mode::empty())?;
+                }
+                Ok(fd)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn ts(m: &crate::manifest::Mtime) -> Timestamps {
+    let t = Timespec { tv_sec: m.secs, tv_nsec: m.nanos as _ };
+    Timestamps { last_access: t, last_modification: t }
+}
+
+/// Writes the whole tree of `release` into `dest`, which must be missing or an empty directory.
+pub fn checkout(
+    repo: &Repository,
+    release_id: &ReleaseId,
+    dest: &Path,
+    opts: &MaterializeOptions,
+    progress: &dyn Progress,
+) -> Result<MaterializeReport, MaterializeError> {
+    let (_, release) = repo.read_release(release_id)?;
+    let plan = Plan::load(repo, &release, opts.allow_setuid)?;
+    match std::fs::read_dir(dest) {
+        Ok(mut rd) => {
+            if rd.next().is_some() {
+                return Err(MaterializeError::NotEmpty(dest.to_owned()));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(dest)
+            .map_err(|source| MaterializeError::Io { path: dest.display().to_string(), source })?,
+        Err(source) => return Err(MaterializeError::Io { path: dest.display().to_string(), source }),
+    }
+    let beneath =
+        Beneath::open(dest).map_err(|source| MaterializeError::Io { path: dest.display().to_string(), source })?;
+    let total: u64 =
+        plan.entries.iter().map(|(_, e)| if let EntryKind::File { size, .. } = e.kind { size } else { 0 }).sum();
+    progress.phase("writing", total);
+    let report = write_plan(repo, &plan, &beneath, progress)?;
+    if opts.durable {
+        rustix::fs::syncfs(beneath.root())
+            .map_err(|e| MaterializeError::Io { path: dest.display().to_string(), source: e.into() })?;
+    }
+    Ok(report)
+}
+
+/// Writes a plan beneath an empty directory: directories, then files (in parallel), symlinks and hardlinks,
+/// then directory modes and mtimes, deepest first.
+pub fn write_plan(
+    repo: &Repository,
+    plan: &Plan,
+    beneath: &Beneath,
+    progress: &dyn Progress,
+) -> Result<MaterializeReport, MaterializeError> {
+    let io_err = |p: &[u8]| {
+        let path = if p.is_empty() { ".".to_string() } else { show_path(p) };
+        move |source: io::Error| MaterializeError::Io { path, source }
+    };
+    let mut report = MaterializeReport::default();
+    // 1. Directories, parents first (the plan is sorted), owner-writable until the end.
+    for (path, e) in &plan.entries {
+        if e.kind == EntryKind::Dir {
+            report.dirs += 1;
+            if path.is_empty() {
+                continue;
+            }
+            let (parent, name) = split(path);
+            let pfd = beneath.open_dir(parent).map_err(io_err(path))?;
+            rustix::fs::mkdirat(&pfd, os(name), Mode::from_raw_mode(0o700)).map_err(|e| io_err(path)(e.into()))?;
+        }
+    }
+    // 2. Regular files, in parallel.
+    let files: Vec<&(Vec<u8>, Entry)> =
+        plan.entries.iter().filter(|(_, e)| matches!(e.kind, EntryKind::File { .. })).collect();
+    let bytes = files
+        .par_iter()
+        .map(|(path, e)| write_file(repo, beneath, path, e, progress))
+        .collect::<Result<Vec<u64>, MaterializeError>>()?;
+    report.files = files.len() as u64;
+    report.bytes = bytes.iter().sum();
+    // 3. Symlinks and hardlinks.
+    for (path, e) in &plan.entries {
+        let (parent, name) = split(path);
+        match &e.kind {
+            EntryKind::Symlink { target } => {
+                let pfd = beneath.open_dir(parent).map_err(io_err(path))?;
+                rustix::fs::symlinkat(os(target), &pfd, os(name)).map_err(|e| io_err(path)(e.into()))?;
+                rustix::fs::utimensat(&pfd, os(name), &ts(&e.mtime), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| io_err(path)(e.into()))?;
+                report.symlinks += 1;
+            }
+            EntryKind::Hardlink { target } => {
+                let (tparent, tname) = split(target);
+                let tfd = beneath.open_dir(tparent).map_err(io_err(path))?;
+                let pfd = beneath.open_dir(parent).map_err(io_err(path))?;
+                // linkat without AT_SYMLINK_FOLLOW links the name itself, never what a symlink points to.
+                rustix::fs::linkat(&tfd, os(tname), &pfd, os(name), AtFlags::empty())
+                    .map_err(|e| io_err(path)(e.into()))?;
+                report.files += 1;
+                report.hardlinks += 1;
+            }
+            _ => {}
+        }
+    }
+    // 4. Directory modes and mtimes, children before parents (making an entry changes its parent's mtime).
+    for (path, e) in plan.entries.iter().rev() {
+        if e.kind == EntryKind::Dir {
+            let fd = beneath.open_dir(path).map_err(io_err(path))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(e.mode)).map_err(|e| io_err(path)(e.into()))?;
+            rustix::fs::futimens(&fd, &ts(&e.mtime)).map_err(|e| io_err(path)(e.into()))?;
+        }
+    }
+    Ok(report)
+}
+
+fn write_file(
+    repo: &Repository,
+    beneath: &Beneath,
+    path: &[u8],
+    e: &Entry,
+    progress: &dyn Progress,
+) -> Result<u64, MaterializeError> {
+    use std::io::Write;
+    let EntryKind::File { chunks, .. } = &e.kind else { return Ok(0) };
+    let io_err = |source: io::Error| MaterializeError::Io { path: show_path(path), source };
+    let (parent, name) = split(path);
+    let pfd = beneath.open_dir(parent).map_err(io_err)?;
+    let fd = rustix::fs::openat(
+        &pfd,
+        os(name),
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| io_err(e.into()))?;
+    let mut f = std::fs::File::from(fd);
+    let mut n = 0u64;
+    for c in chunks {
+        let data = repo.read_chunk(&c.id, Some(c.len))?;
+        f.write_all(&data).map_err(io_err)?;
+        n += data.len() as u64;
+        progress.advance(data.len() as u64);
+    }
+    rustix::fs::fchmod(&f, Mode::from_raw_mode(e.mode)).map_err(|e| io_err(e.into()))?;
+    rustix::fs::futimens(&f, &ts(&e.mtime)).map_err(|e| io_err(e.into()))?;
+    Ok(n)
+}

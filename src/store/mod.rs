@@ -1,0 +1,436 @@
+//! The repository: a directory of chunk objects, part manifests, releases and release refs (layout in
+//! `proto/FORMAT.md`). The publisher has one; every node has one.
+//!
+//! Owns the on-disk layout, reading objects back with verification, the repository lock, and transactions that
+//! make new objects visible only once they are durable. Never touches the network; never decides *what* to store.
+
+mod gc;
+mod txn;
+mod verify;
+
+pub use gc::{gc, GcReport};
+pub use txn::{Transaction, TxnStats};
+pub use verify::{verify, VerifyReport};
+
+use crate::chunk::{self, ChunkError, ChunkerParams};
+use crate::format::{self, FormatError, MAGIC_REF, MAGIC_REPO};
+use crate::fsx::{self, FileLock, LockMode};
+use crate::id::{ChunkId, ManifestId, ReleaseId};
+use crate::manifest::{
+    check_release_name, ManifestError, PartManifest, Release, SignedRelease, MAX_CHUNK_LEN, MAX_MANIFEST_BYTES,
+    MAX_RELEASE_BYTES,
+};
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Name of the file that marks a directory as a qpack repository.
+pub const REPO_FILE: &str = "qpack-repo";
+
+/// Why a repository operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An I/O error on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The directory exists but is not a qpack repository.
+    #[error("{0} is not a qpack repository (no {REPO_FILE} file)\nhelp: pass the directory given to `qpack publish --repo`, or an empty or new directory to create one")]
+    NotARepo(PathBuf),
+    /// The repository config does not decode.
+    #[error("{path}: {source}")]
+    BadConfig {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong.
+        source: FormatError,
+    },
+    /// A chunk object is corrupt.
+    #[error("{path}: {source}")]
+    Chunk {
+        /// The object file.
+        path: PathBuf,
+        /// What is wrong.
+        source: ChunkError,
+    },
+    /// A manifest or release object is corrupt.
+    #[error("{path}: {source}")]
+    Object {
+        /// The object file.
+        path: PathBuf,
+        /// What is wrong.
+        source: ManifestError,
+    },
+    /// An object the caller needs is not in the repository.
+    #[error("{kind} {id} is missing from the repository ({path})")]
+    Missing {
+        /// Chunk, manifest or release.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+        /// Where it should be.
+        path: PathBuf,
+    },
+    /// No release by that name or id.
+    #[error("no release {0:?} in this repository\nhelp: `qpack releases --repo …` lists them")]
+    NoSuchRelease(String),
+    /// A release name is already taken by a different release.
+    #[error(
+        "release {name:?} already exists with id {existing} (releases are immutable)\nhelp: publish under a new name"
+    )]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The existing release id.
+        existing: ReleaseId,
+    },
+    /// A bad name or argument.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { path, source }
+    }
+}
+
+/// Settings fixed at creation of a repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Chunker sizes used by every publish into this repository.
+    pub chunker: ChunkerParams,
+    /// Creation time (seconds since the epoch).
+    pub created: i64,
+}
+
+/// The content of a release ref file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefFile {
+    /// The release the name points to.
+    pub release: ReleaseId,
+}
+
+/// An open repository.
+#[derive(Debug)]
+pub struct Repository {
+    root: PathBuf,
+    /// Its settings.
+    pub config: RepoConfig,
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl Repository {
+    /// Opens an existing repository.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        let cfg_path = root.join(REPO_FILE);
+        let bytes = match fsx::read_capped(&cfg_path, 1 << 16) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(if root.is_dir() {
+                    StoreError::NotARepo(root.to_owned())
+                } else {
+                    StoreError::Io { path: root.to_owned(), source: e }
+                })
+            }
+            Err(e) => return Err(StoreError::Io { path: cfg_path, source: e }),
+        };
+        let config: RepoConfig = format::decode("repository config", MAGIC_REPO, &bytes, 1 << 16)
+            .map_err(|source| StoreError::BadConfig { path: cfg_path.clone(), source })?;
+        config.chunker.validate().map_err(StoreError::Invalid)?;
+        Ok(Self { root: root.to_owned(), config })
+    }
+
+    /// Opens the repository at `root`, creating it if `root` is missing or an empty directory. A non-empty
+    /// directory that is not a repository is refused (it is somebody's data).
+    pub fn open_or_init(root: &Path, chunker: ChunkerParams) -> Result<Self, StoreError> {
+        if root.join(REPO_FILE).exists() {
+            return Self::open(root);
+        }
+        match std::fs::read_dir(root) {
+            Ok(mut rd) => {
+                if rd.next().is_some() {
+                    return Err(StoreError::NotARepo(root.to_owned()));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(root).map_err(StoreError::io(root))?
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+                return Err(StoreError::Invalid(format!("{} is not a directory", root.display())))
+            }
+            Err(e) => return Err(StoreError::Io { path: root.to_owned(), source: e }),
+        }
+        Self::init(root, chunker)
+    }
+
+    fn init(root: &Path, chunker: ChunkerParams) -> Result<Self, StoreError> {
+        chunker.validate().map_err(StoreError::Invalid)?;
+        for d in ["objects/chunks", "objects/manifests", "objects/releases", "refs/releases", "cache", "tmp"] {
+            std::fs::create_dir_all(root.join(d)).map_err(StoreError::io(root.join(d)))?;
+        }
+        // Fan-out directories are made once here so that writers never race to create them.
+        for kind in ["chunks", "manifests"] {
+            for b in 0..=255u8 {
+                let d = root.join("objects").join(kind).join(format!("{b:02x}"));
+                std::fs::create_dir_all(&d).map_err(StoreError::io(&d))?;
+            }
+        }
+        let config = RepoConfig { chunker, created: now_secs() };
+        // The config file is written last: a crash before it leaves a directory `open` refuses, not a half repo.
+        fsx::syncfs(root).map_err(StoreError::io(root))?;
+        fsx::write_atomic(root, REPO_FILE, &format::encode(MAGIC_REPO, &config)).map_err(StoreError::io(root))?;
+        Ok(Self { root: root.to_owned(), config })
+    }
+
+    /// The repository directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Takes the repository lock: exclusive for writers (publish, gc), shared for readers that must not see
+    /// objects disappear (checkout, export, verify). Says on stderr when it has to wait.
+    pub fn lock(&self, mode: LockMode) -> Result<FileLock, StoreError> {
+        let path = self.root.join("lock");
+        if let Some(l) = FileLock::try_lock(&path, mode).map_err(StoreError::io(&path))? {
+            return Ok(l);
+        }
+        tracing::warn!("waiting for the repository lock {} (another publish, gc or checkout)", path.display());
+        FileLock::lock(&path, mode).map_err(StoreError::io(&path))
+    }
+
+    /// Path of a chunk object.
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        let h = id.to_hex();
+        self.root.join("objects/chunks").join(&h[..2]).join(h)
+    }
+
+    /// Path of a manifest object.
+    pub fn manifest_path(&self, id: &ManifestId) -> PathBuf {
+        let h = id.to_hex();
+        self.root.join("objects/manifests").join(&h[..2]).join(h)
+    }
+
+    /// Path of a release object.
+    pub fn release_path(&self, id: &ReleaseId) -> PathBuf {
+        self.root.join("objects/releases").join(id.to_hex())
+    }
+
+    fn ref_dir(&self) -> PathBuf {
+        self.root.join("refs/releases")
+    }
+
+    /// Whether the chunk object exists (not whether it is intact: `verify` checks that).
+    pub fn has_chunk(&self, id: &ChunkId) -> bool {
+        std::fs::symlink_metadata(self.chunk_path(id)).is_ok_and(|m| m.is_file())
+    }
+
+    /// Whether the manifest object exists.
+    pub fn has_manifest(&self, id: &ManifestId) -> bool {
+        std::fs::symlink_metadata(self.manifest_path(id)).is_ok_and(|m| m.is_file())
+    }
+
+    /// Size in bytes of a stored chunk object, if present.
+    pub fn chunk_stored_len(&self, id: &ChunkId) -> Option<u64> {
+        std::fs::symlink_metadata(self.chunk_path(id)).ok().filter(|m| m.is_file()).map(|m| m.len())
+    }
+
+    fn read_object(&self, kind: &'static str, id: String, path: PathBuf, cap: usize) -> Result<Vec<u8>, StoreError> {
+        fsx::read_capped(&path, cap).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::Missing { kind, id, path: path.clone() },
+            _ => StoreError::Io { path: path.clone(), source: e },
+        })
+    }
+
+    /// The chunk object's bytes exactly as stored (what a node serves to its peers), unverified.
+    pub fn read_chunk_object(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+        self.read_object("chunk", id.to_hex(), self.chunk_path(id), MAX_CHUNK_LEN as usize + 4096)
+    }
+
+    /// The chunk's uncompressed bytes, verified against its id and `expected_len`.
+    pub fn read_chunk(&self, id: &ChunkId, expected_len: Option<u32>) -> Result<Vec<u8>, StoreError> {
+        let obj = self.read_chunk_object(id)?;
+        chunk::decode_object(id, &obj, expected_len)
+            .map_err(|source| StoreError::Chunk { path: self.chunk_path(id), source })
+    }
+
+    /// A part manifest, verified against its id and validated.
+    pub fn read_manifest(&self, id: &ManifestId) -> Result<PartManifest, StoreError> {
+        let path = self.manifest_path(id);
+        let bytes = self.read_object("manifest", id.to_hex(), path.clone(), MAX_MANIFEST_BYTES)?;
+        let actual = ManifestId::of(&bytes);
+        if actual != *id {
+            return Err(StoreError::Object {
+                path,
+                source: ManifestError::Inconsistent {
+                    path: String::new(),
+                    reason: format!("content hashes to {actual}, not to its name (corrupt)"),
+                },
+            });
+        }
+        PartManifest::decode(&bytes).map_err(|source| StoreError::Object { path, source })
+    }
+
+    /// A release, verified against its id (and its signature, if signed).
+    pub fn read_release(&self, id: &ReleaseId) -> Result<(SignedRelease, Release), StoreError> {
+        let path = self.release_path(id);
+        let bytes = self.read_object("release", id.to_hex(), path.clone(), MAX_RELEASE_BYTES)?;
+        SignedRelease::decode(&bytes, Some(*id)).map_err(|source| StoreError::Object { path, source })
+    }
+
+    /// The raw bytes of a stored release file (what a node serves), unverified.
+    pub fn read_release_object(&self, id: &ReleaseId) -> Result<Vec<u8>, StoreError> {
+        self.read_object("release", id.to_hex(), self.release_path(id), MAX_RELEASE_BYTES)
+    }
+
+    /// Every release ref: (name, id), sorted by name. A ref file that does not decode is an error naming it.
+    pub fn refs(&self) -> Result<Vec<(String, ReleaseId)>, StoreError> {
+        let dir = self.ref_dir();
+        let mut out = Vec::new();
+        for ent in std::fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
+            let ent = ent.map_err(StoreError::io(&dir))?;
+            let Some(name) = ent.file_name().to_str().map(str::to_owned) else { continue };
+            if name.starts_with('.') {
+                continue; // a temp file of an interrupted write
+            }
+            out.push((name.clone(), self.read_ref(&name)?.ok_or(StoreError::NoSuchRelease(name))?));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The release a name points to, if any.
+    pub fn read_ref(&self, name: &str) -> Result<Option<ReleaseId>, StoreError> {
+        check_release_name(name).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let path = self.ref_dir().join(name);
+        let bytes = match fsx::read_capped(&path, 4096) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        let r: RefFile = format::decode("release ref", MAGIC_REF, &bytes, 4096)
+            .map_err(|e| StoreError::Object { path, source: e.into() })?;
+        Ok(Some(r.release))
+    }
+
+    /// Points `name` at `release`, durably (temp file, fsync, rename, fsync of the directory).
+    pub fn write_ref(&self, name: &str, release: ReleaseId) -> Result<(), StoreError> {
+        check_release_name(name).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let dir = self.ref_dir();
+        fsx::write_atomic(&dir, name, &format::encode(MAGIC_REF, &RefFile { release })).map_err(StoreError::io(&dir))
+    }
+
+    /// Removes a ref (durably).
+    pub fn remove_ref(&self, name: &str) -> Result<(), StoreError> {
+        check_release_name(name).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let dir = self.ref_dir();
+        std::fs::remove_file(dir.join(name)).map_err(StoreError::io(dir.join(name)))?;
+        fsx::fsync_dir(&dir).map_err(StoreError::io(&dir))
+    }
+
+    /// Resolves a release name, a full id or an unambiguous id prefix (at least 8 hex digits).
+    pub fn resolve(&self, what: &str) -> Result<(String, ReleaseId), StoreError> {
+        if check_release_name(what).is_ok() {
+            if let Some(id) = self.read_ref(what)? {
+                return Ok((what.to_owned(), id));
+            }
+        }
+        let refs = self.refs()?;
+        if what.len() >= 8 && what.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let lower = what.to_ascii_lowercase();
+            let hits: Vec<_> = refs.iter().filter(|(_, id)| id.to_hex().starts_with(&lower)).collect();
+            if hits.len() == 1 {
+                return Ok(hits[0].clone());
+            }
+            if hits.len() > 1 {
+                return Err(StoreError::Invalid(format!(
+                    "id prefix {what} matches {} releases; give more digits",
+                    hits.len()
+                )));
+            }
+        }
+        Err(StoreError::NoSuchRelease(what.to_owned()))
+    }
+
+    /// Every release with its ref name, newest first (by creation time, then name).
+    pub fn releases(&self) -> Result<Vec<(String, ReleaseId, SignedRelease, Release)>, StoreError> {
+        let mut out = Vec::new();
+        for (name, id) in self.refs()? {
+            let (s, r) = self.read_release(&id)?;
+            out.push((name, id, s, r));
+        }
+        out.sort_by(|a, b| b.3.created.cmp(&a.3.created).then_with(|| b.0.cmp(&a.0)));
+        Ok(out)
+    }
+
+    /// The ids of chunk objects present, for gc and verify.
+    pub(crate) fn list_objects(&self, kind: &str) -> Result<Vec<(String, PathBuf)>, StoreError> {
+        let base = self.root.join("objects").join(kind);
+        let mut out = Vec::new();
+        let mut visit = |dir: &Path| -> Result<(), StoreError> {
+            for ent in std::fs::read_dir(dir).map_err(StoreError::io(dir))? {
+                let ent = ent.map_err(StoreError::io(dir))?;
+                let ft = ent.file_type().map_err(StoreError::io(ent.path()))?;
+                if ft.is_dir() {
+                    continue;
+                }
+                if let Some(name) = ent.file_name().to_str() {
+                    out.push((name.to_owned(), ent.path()));
+                }
+            }
+            Ok(())
+        };
+        if kind == "releases" {
+            visit(&base)?;
+        } else {
+            for b in 0..=255u8 {
+                let d = base.join(format!("{b:02x}"));
+                if d.is_dir() {
+                    visit(&d)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes temp directories left by interrupted writers. Only safe under the exclusive lock.
+    pub(crate) fn clean_tmp(&self) -> Result<(), StoreError> {
+        let tmp = self.root.join("tmp");
+        for ent in std::fs::read_dir(&tmp).map_err(StoreError::io(&tmp))? {
+            let ent = ent.map_err(StoreError::io(&tmp))?;
+            let p = ent.path();
+            let res = if ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            res.map_err(StoreError::io(&p))?;
+        }
+        Ok(())
+    }
+
+    /// The current gc epoch: bumped by every gc, so that caches of "this chunk exists" know to re-check.
+    pub fn gc_epoch(&self) -> u64 {
+        std::fs::read_to_string(self.root.join("gc-epoch")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    }
+
+    pub(crate) fn bump_gc_epoch(&self) -> Result<(), StoreError> {
+        let next = self.gc_epoch() + 1;
+        fsx::write_atomic(&self.root, "gc-epoch", format!("{next}\n").as_bytes()).map_err(StoreError::io(&self.root))
+    }
+
+    /// Opens a write transaction. The caller must hold the exclusive lock.
+    pub fn begin(&self, _lock: &FileLock) -> Result<Transaction<'_>, StoreError> {
+        self.clean_tmp()?;
+        Transaction::new(self)
+    }
+}

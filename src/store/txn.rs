@@ -1,0 +1,128 @@
+//! Write transactions: new objects are written under `tmp/<txn>/`, and become visible only at commit, after
+//! one `syncfs` made them durable. So an object at its final name is always whole, even after a power cut, and
+//! a killed publish leaves only a temp directory that the next writer removes.
+
+use super::{Repository, StoreError};
+use crate::chunk;
+use crate::fsx;
+use crate::id::{ChunkId, ManifestId, ReleaseId};
+use crate::manifest::{PartManifest, SignedRelease};
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+/// Counters of what a transaction wrote.
+#[derive(Debug, Default)]
+pub struct TxnStats {
+    /// Chunks written.
+    pub chunks_new: AtomicU64,
+    /// Chunks the repository (or this transaction) already had.
+    pub chunks_reused: AtomicU64,
+    /// Uncompressed bytes of the new chunks.
+    pub bytes_new_raw: AtomicU64,
+    /// Stored (compressed) bytes of the new chunks.
+    pub bytes_new_stored: AtomicU64,
+}
+
+/// A set of objects being written; nothing is visible until [`Transaction::commit`].
+pub struct Transaction<'r> {
+    repo: &'r Repository,
+    dir: PathBuf,
+    claimed: Mutex<HashSet<ChunkId>>,
+    staged: Mutex<Vec<(PathBuf, PathBuf)>>,
+    /// What was written.
+    pub stats: TxnStats,
+    committed: bool,
+}
+
+impl<'r> Transaction<'r> {
+    pub(super) fn new(repo: &'r Repository) -> Result<Self, StoreError> {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dir = repo.root.join("tmp").join(format!("txn-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(StoreError::io(&dir))?;
+        Ok(Self {
+            repo,
+            dir,
+            claimed: Mutex::new(HashSet::new()),
+            staged: Mutex::new(Vec::new()),
+            stats: TxnStats::default(),
+            committed: false,
+        })
+    }
+
+    fn stage(&self, name: String, bytes: &[u8], final_path: PathBuf) -> Result<(), StoreError> {
+        let tmp = self.dir.join(name);
+        let mut f = std::fs::File::create(&tmp).map_err(StoreError::io(&tmp))?;
+        f.write_all(bytes).map_err(StoreError::io(&tmp))?;
+        self.staged.lock().expect("staged list").push((tmp, final_path));
+        Ok(())
+    }
+
+    /// Whether the chunk is in the repository or already written by this transaction.
+    pub fn has_chunk(&self, id: &ChunkId) -> bool {
+        self.claimed.lock().expect("claimed set").contains(id) || self.repo.has_chunk(id)
+    }
+
+    /// Stores a chunk unless present; returns the stored size if it was written now.
+    pub fn put_chunk(&self, id: ChunkId, raw: &[u8], level: i32) -> Result<Option<u64>, StoreError> {
+        if self.repo.has_chunk(&id) || !self.claimed.lock().expect("claimed set").insert(id) {
+            self.stats.chunks_reused.fetch_add(1, Relaxed);
+            return Ok(None);
+        }
+        let obj = chunk::encode_object(raw, level);
+        self.stage(format!("c-{}", id.to_hex()), &obj, self.repo.chunk_path(&id))?;
+        self.stats.chunks_new.fetch_add(1, Relaxed);
+        self.stats.bytes_new_raw.fetch_add(raw.len() as u64, Relaxed);
+        self.stats.bytes_new_stored.fetch_add(obj.len() as u64, Relaxed);
+        Ok(Some(obj.len() as u64))
+    }
+
+    /// Notes a chunk that was found present without writing it (stat-cache hits), for the counters.
+    pub fn count_reused(&self, n: u64) {
+        self.stats.chunks_reused.fetch_add(n, Relaxed);
+    }
+
+    /// Stores a part manifest unless present; returns its id and whether it is new.
+    pub fn put_manifest(&self, m: &PartManifest) -> Result<(ManifestId, bool), StoreError> {
+        let (id, bytes) = m.encode_with_id();
+        if self.repo.has_manifest(&id) {
+            return Ok((id, false));
+        }
+        self.stage(format!("m-{}", id.to_hex()), &bytes, self.repo.manifest_path(&id))?;
+        Ok((id, true))
+    }
+
+    /// Stores a release object.
+    pub fn put_release(&self, r: &SignedRelease) -> Result<ReleaseId, StoreError> {
+        let id = r.id();
+        self.stage(format!("r-{}", id.to_hex()), &r.encode(), self.repo.release_path(&id))?;
+        Ok(id)
+    }
+
+    /// Makes every staged object durable, then visible, then points `ref_name` at `release` — in that order,
+    /// so that a crash at any point leaves either the old state or a state where the ref names a complete release.
+    pub fn commit(mut self, ref_name: &str, release: ReleaseId) -> Result<(), StoreError> {
+        let root = self.repo.root.clone();
+        fsx::syncfs(&root).map_err(StoreError::io(&root))?;
+        let staged = std::mem::take(&mut *self.staged.lock().expect("staged list"));
+        for (tmp, dst) in &staged {
+            std::fs::rename(tmp, dst).map_err(StoreError::io(dst))?;
+        }
+        fsx::syncfs(&root).map_err(StoreError::io(&root))?;
+        self.repo.write_ref(ref_name, release)?;
+        self.committed = true;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
