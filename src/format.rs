@@ -124,3 +124,6 @@ pub fn decode<T: DeserializeOwned>(
     }
     Ok(value)
 }
+
+#[cfg(test)]
+mod tests;
