@@ -172,6 +172,9 @@ struct TreeItem {
     item: Item,
 }
 
+/// A file read and chunked: its chunks, flags, the stat it was read under, and its mode.
+type FileRead = (Vec<ChunkRef>, u8, FileStat, u32);
+
 /// Chunks file contents into the transaction.
 struct Chunker<'a> {
     txn: &'a Transaction<'a>,
@@ -246,12 +249,7 @@ impl Chunker<'_> {
     }
 
     /// Chunks a file of a directory tree, detecting a change while it is read (then retrying once).
-    fn chunk_file(
-        &self,
-        full: &Path,
-        rel: &[u8],
-        mut expected: FileStat,
-    ) -> Result<(Vec<ChunkRef>, u8, FileStat, u32), PublishError> {
+    fn chunk_file(&self, full: &Path, rel: &[u8], mut expected: FileStat) -> Result<FileRead, PublishError> {
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let io_err = |source| PublishError::Io { path: show_path(rel), source };
         for _attempt in 0..2 {
@@ -545,7 +543,7 @@ fn chunk_dir(
         .collect();
     let recheck = cache.is_some_and(|c| c.must_recheck);
     let mut todo_bytes = 0u64;
-    let mut outcome: Vec<Option<(Vec<ChunkRef>, u8, FileStat, u32)>> = vec![None; entries.len()];
+    let mut outcome: Vec<Option<FileRead>> = vec![None; entries.len()];
     for &i in &jobs {
         let SourceKind::File(st) = &entries[i].kind else { continue };
         if let Some(hit) = cache.and_then(|c| c.get(&entries[i].path, st)) {
@@ -561,7 +559,7 @@ fn chunk_dir(
     chunker.progress.phase("chunking", todo_bytes);
     let todo: Vec<usize> = jobs.iter().copied().filter(|&i| outcome[i].is_none()).collect();
     *files_read = todo.len() as u64;
-    let results: Vec<(usize, Result<(Vec<ChunkRef>, u8, FileStat, u32), PublishError>)> = todo
+    let results: Vec<(usize, Result<FileRead, PublishError>)> = todo
         .par_iter()
         .map(|&i| {
             let e = &entries[i];

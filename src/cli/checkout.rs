@@ -74,7 +74,7 @@ pub fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
     let repo = Repository::open(&a.repo)?;
     let _lock = repo.lock(LockMode::Shared)?;
     let (name, id) = repo.resolve(&a.release)?;
-    let compress = !a.output.extension().is_some_and(|e| e == "tar");
+    let compress = a.output.extension().is_none_or(|e| e != "tar");
     let bar = Bar::new(false);
     let res = crate::export::export(&repo, &id, &a.output, compress.then_some(a.level), &bar);
     bar.finish();

@@ -64,10 +64,7 @@ pub fn releases(a: ReleasesArgs) -> anyhow::Result<ExitCode> {
         println!("no releases in {}", a.repo.display());
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<24} {:<12} {:<19} {:>5} {:>8} {:>11} {}",
-        "NAME", "ID", "CREATED (UTC)", "PARTS", "FILES", "SIZE", "SIGNED"
-    );
+    println!("{:<24} {:<12} {:<19} {:>5} {:>8} {:>11} SIGNED", "NAME", "ID", "CREATED (UTC)", "PARTS", "FILES", "SIZE");
     for r in rows {
         println!(
             "{:<24} {:<12} {:<19} {:>5} {:>8} {:>11} {}",
@@ -161,7 +158,7 @@ pub fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
         None => println!("signed   no"),
     }
     println!("content  {} parts, {files} files, {}\n", r.parts.len(), human(bytes));
-    println!("{:<44} {:<24} {:>8} {:>11}  {}", "MOUNT", "PRODUCT VERSION", "FILES", "SIZE", "MANIFEST");
+    println!("{:<44} {:<24} {:>8} {:>11}  MANIFEST", "MOUNT", "PRODUCT VERSION", "FILES", "SIZE");
     for p in parts {
         let pv = match (&p.product, &p.version) {
             (Some(p), Some(v)) => format!("{p} {v}"),
