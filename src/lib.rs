@@ -17,4 +17,4 @@ pub mod publish;
 pub mod scan;
 pub mod statcache;
 pub mod store;
-// pub mod treegen;
+pub mod treegen;
