@@ -6,6 +6,12 @@
 //! lists are re-checked against the store. Files modified within a second of the scan that cached them are not
 //! cached (their mtime may not yet tell a later write apart). Losing or corrupting the cache costs time, never
 //! correctness: it is an optimisation, and a cache that does not decode is ignored.
+//!
+//! Racy timestamps: a file rewritten right after we read it could keep the same stat identity if the change
+//! fell in the same clock tick as what we cached. Its ctime (which nobody can set back) would then be within a
+//! tick of the scan. So files whose ctime is at most `RACY_MARGIN_NS` before the scan start, or after it, are
+//! not cached: the next publish reads them again. Linux filesystems stamp with the coarse clock (a jiffy,
+//! <= 10 ms); the margin is ten times that.
 
 use crate::chunk::ChunkerParams;
 use crate::format::{self, MAGIC_STAT_CACHE};
@@ -49,6 +55,8 @@ pub struct StatCache {
 }
 
 const CAP: usize = 1 << 30;
+/// Files whose ctime is this close to the scan start (or later) are not cached.
+pub const RACY_MARGIN_NS: i128 = 100_000_000;
 
 impl StatCache {
     /// Loads the cache of `tree` (an absolute path), or an empty one if there is none or it does not fit.
@@ -93,16 +101,19 @@ impl StatCache {
         self.files.is_empty()
     }
 
-    /// Replaces the cache with `files` and writes it. `scan_start` is when the walk began: files changed within a
-    /// second before it are left out (racy timestamps).
+    /// Replaces the cache with `files` and writes it. `scan_start` is when the walk began: files whose ctime is
+    /// not safely before it are left out (racy timestamps, see the module doc).
     pub fn save(
         mut self,
         repo: &Repository,
         files: Vec<(Vec<u8>, CachedFile)>,
-        scan_start: i64,
+        scan_start: std::time::SystemTime,
     ) -> std::io::Result<()> {
-        let fresh = |t: &crate::manifest::Mtime| t.secs >= scan_start - 1;
-        let files: Vec<_> = files.into_iter().filter(|(_, c)| !fresh(&c.stat.mtime) && !fresh(&c.stat.ctime)).collect();
+        let start_ns = scan_start.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+        let racy = |t: &crate::manifest::Mtime| {
+            i128::from(t.secs) * 1_000_000_000 + i128::from(t.nanos) >= start_ns - RACY_MARGIN_NS
+        };
+        let files: Vec<_> = files.into_iter().filter(|(_, c)| !racy(&c.stat.ctime)).collect();
         let f = CacheFile {
             tree: std::mem::take(&mut self.tree),
             prefix: std::mem::take(&mut self.prefix),

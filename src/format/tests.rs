@@ -293,3 +293,40 @@ fn golden_chunks() {
     assert_eq!(chunk::decode_object(&id, &bytes, Some(4096)).unwrap(), text);
     assert_eq!(chunk::decode_object(&id, &chunk::encode_object(&text, 3), Some(4096)).unwrap(), text);
 }
+
+#[test]
+fn golden_pack() {
+    use crate::store::pack::{scan_pack, PackWriter, MAGIC_PACK, MAGIC_PACK_INDEX};
+    let data = b"qpack golden chunk: stored raw";
+    let id = ChunkId::of(data);
+    let obj = chunk::encode_object(data, 3);
+    let dir = std::env::temp_dir().join(format!("qpack-golden-pack-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut w = PackWriter::create(&dir).unwrap();
+    w.append(&id, &obj).unwrap();
+    let sealed = w.finish().unwrap();
+    let pack = std::fs::read(&sealed.pack).unwrap();
+    let idx = std::fs::read(&sealed.idx).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let v = Vector::new()
+        .raw("magic \"QPKP\" (pack)", &MAGIC_PACK)
+        .raw("format version 1", &[1])
+        .raw("record: object length 40 (u32 little-endian)", &40u32.to_le_bytes())
+        .raw("record: chunk id", &id.0)
+        .raw("record: the chunk object of chunk-raw.hex", &obj);
+    let bytes = check("pack.hex", "Pack with one record (the raw chunk of chunk-raw.hex)", &v, &pack);
+    let scan = scan_pack(&bytes);
+    assert!(scan.error.is_none());
+    assert_eq!(scan.entries.len(), 1);
+    assert_eq!((scan.entries[0].id, scan.entries[0].offset, scan.entries[0].len), (id, 41, 40));
+
+    let v = Vector::new()
+        .header(MAGIC_PACK_INDEX, "pack index")
+        .pc("pack_len: 81 (varint)", &81u64)
+        .pc("entries: 1", &1u32)
+        .raw("[0] id", &id.0)
+        .pc("[0] offset: 41 (5-byte pack header + 36-byte record header)", &41u64)
+        .pc("[0] len: 40", &40u32);
+    check("pack-index.hex", "Index of pack.hex", &v, &idx);
+}

@@ -1,10 +1,14 @@
-//! Garbage collection: drop the releases not kept, then every object no kept release reaches.
+//! Garbage collection: drop the releases not kept, then every object no kept release reaches. A pack with no
+//! live chunk is deleted; one with more than a quarter of its bytes dead is repacked (live chunks copied into a
+//! new pack, made durable, then the old one deleted).
 //!
 //! Runs under the exclusive repository lock, so no publish can add a reference to an object being swept. The
 //! order makes it crash-safe: the gc epoch is bumped (stat caches stop trusting "this chunk exists"), refs are
 //! removed durably, and only then are objects deleted; a crash leaves orphans that the next gc removes.
 
+use super::pack::{self, PackWriter};
 use super::{Repository, StoreError};
+use crate::fsx;
 use crate::id::{ChunkId, ManifestId, ReleaseId};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -91,9 +95,74 @@ fn count_sweep(
         }
         Ok(n)
     };
-    report.chunks_removed = sweep("chunks", &|n| ChunkId::from_hex(n).is_some_and(|id| chunks.contains(&id)))?;
     report.metadata_removed =
         sweep("manifests", &|n| ManifestId::from_hex(n).is_some_and(|id| manifests.contains(&id)))?
             + sweep("releases", &|n| ReleaseId::from_hex(n).is_some_and(|id| releases.contains(&id)))?;
+    report.chunks_removed = sweep_packs(repo, chunks, report, delete)?;
     Ok(())
+}
+
+/// Deletes or repacks the packs holding dead chunks; returns the number of chunk objects dropped.
+fn sweep_packs(
+    repo: &Repository,
+    live: &HashSet<ChunkId>,
+    report: &mut GcReport,
+    delete: bool,
+) -> Result<u64, StoreError> {
+    let dir = repo.packs_dir();
+    let packs: Vec<String> = repo.chunk_index().packs.clone();
+    let mut removed = 0u64;
+    let mut changed = false;
+    for (n, name) in packs.iter().enumerate() {
+        let entries = match pack::read_index(&dir, name) {
+            Ok(e) => e,
+            Err(_) => {
+                let path = repo.pack_path(name);
+                pack::scan_pack(&std::fs::read(&path).map_err(StoreError::io(&path))?).entries
+            }
+        };
+        // A chunk is live here only if it is live and this is the copy the index serves (duplicates are dead).
+        let serves = |e: &pack::IndexEntry| repo.chunk_index().get(&e.id).is_some_and(|l| l.pack as usize == n);
+        let (keep, dead): (Vec<&pack::IndexEntry>, Vec<&pack::IndexEntry>) =
+            entries.iter().partition(|e| live.contains(&e.id) && serves(e));
+        if dead.is_empty() {
+            continue;
+        }
+        let dead_bytes: u64 = dead.iter().map(|e| u64::from(e.len) + pack::RECORD_HEADER).sum();
+        let pack_len = std::fs::symlink_metadata(repo.pack_path(name)).map(|m| m.len()).unwrap_or(0);
+        if !keep.is_empty() && dead_bytes * 4 < pack_len {
+            continue; // mostly live: not worth rewriting yet
+        }
+        removed += dead.len() as u64;
+        report.bytes_freed += dead_bytes;
+        if !delete {
+            continue;
+        }
+        if !keep.is_empty() {
+            let tmp = repo.root().join("tmp");
+            let mut w = PackWriter::create(&tmp).map_err(StoreError::io(&tmp))?;
+            for e in &keep {
+                let obj = repo.read_chunk_object(&e.id)?;
+                w.append(&e.id, &obj).map_err(StoreError::io(&tmp))?;
+            }
+            let sealed = w.finish().map_err(StoreError::io(&tmp))?;
+            fsx::syncfs(repo.root()).map_err(StoreError::io(repo.root()))?;
+            let dst = dir.join(format!("{}.pack", sealed.name));
+            std::fs::rename(&sealed.pack, &dst).map_err(StoreError::io(&dst))?;
+            let dst = dir.join(format!("{}.idx", sealed.name));
+            std::fs::rename(&sealed.idx, &dst).map_err(StoreError::io(&dst))?;
+            fsx::syncfs(repo.root()).map_err(StoreError::io(repo.root()))?;
+        }
+        // The index goes first: a pack without an index is ignored, an index without its pack is an error.
+        for ext in ["idx", "pack"] {
+            let p = dir.join(format!("{name}.{ext}"));
+            std::fs::remove_file(&p).map_err(StoreError::io(&p))?;
+        }
+        changed = true;
+    }
+    if changed {
+        fsx::fsync_dir(&dir).map_err(StoreError::io(&dir))?;
+        repo.reload_index()?;
+    }
+    Ok(removed)
 }

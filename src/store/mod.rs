@@ -5,10 +5,12 @@
 //! make new objects visible only once they are durable. Never touches the network; never decides *what* to store.
 
 mod gc;
+pub mod pack;
 mod txn;
 mod verify;
 
 pub use gc::{gc, GcReport};
+pub use pack::ChunkIndex;
 pub use txn::{Transaction, TxnStats};
 pub use verify::{verify, VerifyReport};
 
@@ -17,12 +19,14 @@ use crate::format::{self, FormatError, MAGIC_REF, MAGIC_REPO};
 use crate::fsx::{self, FileLock, LockMode};
 use crate::id::{ChunkId, ManifestId, ReleaseId};
 use crate::manifest::{
-    check_release_name, ManifestError, PartManifest, Release, SignedRelease, MAX_CHUNK_LEN, MAX_MANIFEST_BYTES,
-    MAX_RELEASE_BYTES,
+    check_release_name, ManifestError, PartManifest, Release, SignedRelease, MAX_MANIFEST_BYTES, MAX_RELEASE_BYTES,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Name of the file that marks a directory as a qpack repository.
 pub const REPO_FILE: &str = "qpack-repo";
@@ -117,17 +121,22 @@ pub struct RefFile {
 }
 
 /// An open repository.
-#[derive(Debug)]
 pub struct Repository {
     root: PathBuf,
     /// Its settings.
     pub config: RepoConfig,
+    /// Every chunk, by id (the pack indexes), loaded at open.
+    index: RwLock<ChunkIndex>,
+    /// Open pack files, by pack number.
+    open_packs: Mutex<HashMap<u32, Arc<File>>>,
 }
 
 /// Seconds since the Unix epoch, now.
 pub fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
+
+use std::os::unix::fs::OpenOptionsExt;
 
 impl Repository {
     /// Opens an existing repository.
@@ -147,7 +156,8 @@ impl Repository {
         let config: RepoConfig = format::decode("repository config", MAGIC_REPO, &bytes, 1 << 16)
             .map_err(|source| StoreError::BadConfig { path: cfg_path.clone(), source })?;
         config.chunker.validate().map_err(StoreError::Invalid)?;
-        Ok(Self { root: root.to_owned(), config })
+        let index = ChunkIndex::load(&root.join("objects/packs"))?;
+        Ok(Self { root: root.to_owned(), config, index: RwLock::new(index), open_packs: Mutex::new(HashMap::new()) })
     }
 
     /// Opens the repository at `root`, creating it if `root` is missing or an empty directory. A non-empty
@@ -156,12 +166,22 @@ impl Repository {
         if root.join(REPO_FILE).exists() {
             return Self::open(root);
         }
-        match std::fs::read_dir(root) {
-            Ok(mut rd) => {
-                if rd.next().is_some() {
-                    return Err(StoreError::NotARepo(root.to_owned()));
+        // Entries other than the lock file: a repository being created by another process has some.
+        let others = |root: &Path| -> io::Result<(usize, bool)> {
+            let mut n = 0;
+            let mut lock = false;
+            for e in std::fs::read_dir(root)? {
+                if e?.file_name() == "lock" {
+                    lock = true;
+                } else {
+                    n += 1;
                 }
             }
+            Ok((n, lock))
+        };
+        match others(root) {
+            Ok((n, lock)) if n > 0 && !lock => return Err(StoreError::NotARepo(root.to_owned())),
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(root).map_err(StoreError::io(root))?
             }
@@ -170,26 +190,39 @@ impl Repository {
             }
             Err(e) => return Err(StoreError::Io { path: root.to_owned(), source: e }),
         }
+        // Whoever creates the repository holds its lock until the config is written: concurrent first
+        // publishes wait for it and then open the repository instead of taking it for somebody's data.
+        let path = root.join("lock");
+        let _lock = FileLock::lock(&path, LockMode::Exclusive).map_err(StoreError::io(&path))?;
+        if root.join(REPO_FILE).exists() {
+            return Self::open(root);
+        }
+        if others(root).map_err(StoreError::io(root))?.0 > 0 {
+            return Err(StoreError::NotARepo(root.to_owned()));
+        }
         Self::init(root, chunker)
     }
 
     fn init(root: &Path, chunker: ChunkerParams) -> Result<Self, StoreError> {
         chunker.validate().map_err(StoreError::Invalid)?;
-        for d in ["objects/chunks", "objects/manifests", "objects/releases", "refs/releases", "cache", "tmp"] {
+        for d in ["objects/packs", "objects/manifests", "objects/releases", "refs/releases", "cache", "tmp"] {
             std::fs::create_dir_all(root.join(d)).map_err(StoreError::io(root.join(d)))?;
         }
         // Fan-out directories are made once here so that writers never race to create them.
-        for kind in ["chunks", "manifests"] {
-            for b in 0..=255u8 {
-                let d = root.join("objects").join(kind).join(format!("{b:02x}"));
-                std::fs::create_dir_all(&d).map_err(StoreError::io(&d))?;
-            }
+        for b in 0..=255u8 {
+            let d = root.join("objects/manifests").join(format!("{b:02x}"));
+            std::fs::create_dir_all(&d).map_err(StoreError::io(&d))?;
         }
         let config = RepoConfig { chunker, created: now_secs() };
         // The config file is written last: a crash before it leaves a directory `open` refuses, not a half repo.
         fsx::syncfs(root).map_err(StoreError::io(root))?;
         fsx::write_atomic(root, REPO_FILE, &format::encode(MAGIC_REPO, &config)).map_err(StoreError::io(root))?;
-        Ok(Self { root: root.to_owned(), config })
+        Ok(Self {
+            root: root.to_owned(),
+            config,
+            index: RwLock::new(ChunkIndex::default()),
+            open_packs: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The repository directory.
@@ -208,10 +241,38 @@ impl Repository {
         FileLock::lock(&path, mode).map_err(StoreError::io(&path))
     }
 
-    /// Path of a chunk object.
-    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        let h = id.to_hex();
-        self.root.join("objects/chunks").join(&h[..2]).join(h)
+    /// The directory of pack files.
+    pub fn packs_dir(&self) -> PathBuf {
+        self.root.join("objects/packs")
+    }
+
+    /// Path of a pack file.
+    pub fn pack_path(&self, name: &str) -> PathBuf {
+        self.packs_dir().join(format!("{name}.pack"))
+    }
+
+    /// The chunk index (read lock).
+    pub fn chunk_index(&self) -> std::sync::RwLockReadGuard<'_, ChunkIndex> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn chunk_index_mut(&self) -> std::sync::RwLockWriteGuard<'_, ChunkIndex> {
+        self.open_packs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Re-reads the pack indexes from disk (after a gc rewrote packs).
+    pub fn reload_index(&self) -> Result<(), StoreError> {
+        let fresh = ChunkIndex::load(&self.packs_dir())?;
+        *self.chunk_index_mut() = fresh;
+        Ok(())
+    }
+
+    /// Where a chunk object is stored: (pack file, offset, length). For tools and tests.
+    pub fn chunk_location(&self, id: &ChunkId) -> Option<(PathBuf, u64, u32)> {
+        let idx = self.chunk_index();
+        let loc = idx.get(id)?;
+        Some((self.pack_path(&idx.packs[loc.pack as usize]), loc.offset, loc.len))
     }
 
     /// Path of a manifest object.
@@ -229,9 +290,9 @@ impl Repository {
         self.root.join("refs/releases")
     }
 
-    /// Whether the chunk object exists (not whether it is intact: `verify` checks that).
+    /// Whether the chunk is stored (not whether it is intact: `verify` checks that).
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
-        std::fs::symlink_metadata(self.chunk_path(id)).is_ok_and(|m| m.is_file())
+        self.chunk_index().get(id).is_some()
     }
 
     /// Whether the manifest object exists.
@@ -241,7 +302,7 @@ impl Repository {
 
     /// Size in bytes of a stored chunk object, if present.
     pub fn chunk_stored_len(&self, id: &ChunkId) -> Option<u64> {
-        std::fs::symlink_metadata(self.chunk_path(id)).ok().filter(|m| m.is_file()).map(|m| m.len())
+        self.chunk_index().get(id).map(|l| u64::from(l.len))
     }
 
     fn read_object(&self, kind: &'static str, id: String, path: PathBuf, cap: usize) -> Result<Vec<u8>, StoreError> {
@@ -253,14 +314,41 @@ impl Repository {
 
     /// The chunk object's bytes exactly as stored (what a node serves to its peers), unverified.
     pub fn read_chunk_object(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
-        self.read_object("chunk", id.to_hex(), self.chunk_path(id), MAX_CHUNK_LEN as usize + 4096)
+        let (loc, name) = {
+            let idx = self.chunk_index();
+            let Some(loc) = idx.get(id) else {
+                return Err(StoreError::Missing { kind: "chunk", id: id.to_hex(), path: self.packs_dir() });
+            };
+            (loc, idx.packs[loc.pack as usize].clone())
+        };
+        let path = self.pack_path(&name);
+        let file = {
+            let mut open = self.open_packs.lock().unwrap_or_else(|e| e.into_inner());
+            match open.get(&loc.pack) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = Arc::new(
+                        std::fs::OpenOptions::new()
+                            .read(true)
+                            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                            .open(&path)
+                            .map_err(StoreError::io(&path))?,
+                    );
+                    open.insert(loc.pack, f.clone());
+                    f
+                }
+            }
+        };
+        pack::read_object(&file, &loc).map_err(|e| StoreError::Io { path: path.clone(), source: e })
     }
 
     /// The chunk's uncompressed bytes, verified against its id and `expected_len`.
     pub fn read_chunk(&self, id: &ChunkId, expected_len: Option<u32>) -> Result<Vec<u8>, StoreError> {
         let obj = self.read_chunk_object(id)?;
-        chunk::decode_object(id, &obj, expected_len)
-            .map_err(|source| StoreError::Chunk { path: self.chunk_path(id), source })
+        chunk::decode_object(id, &obj, expected_len).map_err(|source| StoreError::Chunk {
+            path: self.chunk_location(id).map(|(p, _, _)| p).unwrap_or_default(),
+            source,
+        })
     }
 
     /// A part manifest, verified against its id and validated.
@@ -372,7 +460,7 @@ impl Repository {
         Ok(out)
     }
 
-    /// The ids of chunk objects present, for gc and verify.
+    /// The metadata objects present (`manifests` or `releases`), for gc.
     pub(crate) fn list_objects(&self, kind: &str) -> Result<Vec<(String, PathBuf)>, StoreError> {
         let base = self.root.join("objects").join(kind);
         let mut out = Vec::new();

@@ -1,7 +1,9 @@
-//! Write transactions: new objects are written under `tmp/<txn>/`, and become visible only at commit, after
-//! one `syncfs` made them durable. So an object at its final name is always whole, even after a power cut, and
-//! a killed publish leaves only a temp directory that the next writer removes.
+//! Write transactions: new chunks are appended to packs and new manifests and releases written as files, all
+//! under `tmp/<txn>/`; they become visible only at commit, after one `syncfs` made them durable. So an object at
+//! its final name is always whole, even after a power cut, and a killed publish leaves only a temp directory
+//! that the next writer removes.
 
+use super::pack::{PackWriter, SealedPack, PACK_TARGET};
 use super::{Repository, StoreError};
 use crate::chunk;
 use crate::fsx;
@@ -32,6 +34,8 @@ pub struct Transaction<'r> {
     dir: PathBuf,
     claimed: Mutex<HashSet<ChunkId>>,
     staged: Mutex<Vec<(PathBuf, PathBuf)>>,
+    writer: Mutex<Option<PackWriter>>,
+    sealed: Mutex<Vec<SealedPack>>,
     /// What was written.
     pub stats: TxnStats,
     committed: bool,
@@ -48,6 +52,8 @@ impl<'r> Transaction<'r> {
             dir,
             claimed: Mutex::new(HashSet::new()),
             staged: Mutex::new(Vec::new()),
+            writer: Mutex::new(None),
+            sealed: Mutex::new(Vec::new()),
             stats: TxnStats::default(),
             committed: false,
         })
@@ -73,11 +79,26 @@ impl<'r> Transaction<'r> {
             return Ok(None);
         }
         let obj = chunk::encode_object(raw, level);
-        self.stage(format!("c-{}", id.to_hex()), &obj, self.repo.chunk_path(&id))?;
+        self.append(&id, &obj)?;
         self.stats.chunks_new.fetch_add(1, Relaxed);
         self.stats.bytes_new_raw.fetch_add(raw.len() as u64, Relaxed);
         self.stats.bytes_new_stored.fetch_add(obj.len() as u64, Relaxed);
         Ok(Some(obj.len() as u64))
+    }
+
+    /// Appends a chunk object to the current pack, sealing it when full.
+    pub fn append(&self, id: &ChunkId, obj: &[u8]) -> Result<(), StoreError> {
+        let mut w = self.writer.lock().expect("pack writer");
+        if w.is_none() {
+            *w = Some(PackWriter::create(&self.dir).map_err(StoreError::io(&self.dir))?);
+        }
+        let writer = w.as_mut().expect("set above");
+        writer.append(id, obj).map_err(StoreError::io(&self.dir))?;
+        if writer.len() >= PACK_TARGET {
+            let full = w.take().expect("present");
+            self.sealed.lock().expect("sealed").push(full.finish().map_err(StoreError::io(&self.dir))?);
+        }
+        Ok(())
     }
 
     /// Notes a chunk that was found present without writing it (stat-cache hits), for the counters.
@@ -106,12 +127,34 @@ impl<'r> Transaction<'r> {
     /// so that a crash at any point leaves either the old state or a state where the ref names a complete release.
     pub fn commit(mut self, ref_name: &str, release: ReleaseId) -> Result<(), StoreError> {
         let root = self.repo.root.clone();
+        if let Some(w) = self.writer.lock().expect("pack writer").take() {
+            if !w.is_empty() {
+                self.sealed.lock().expect("sealed").push(w.finish().map_err(StoreError::io(&self.dir))?);
+            }
+        }
         fsx::syncfs(&root).map_err(StoreError::io(&root))?;
+        let sealed = std::mem::take(&mut *self.sealed.lock().expect("sealed"));
+        let packs = self.repo.packs_dir();
+        // Packs first, then their indexes: an index in objects/packs always describes a pack that is there.
+        for p in &sealed {
+            let dst = packs.join(format!("{}.pack", p.name));
+            std::fs::rename(&p.pack, &dst).map_err(StoreError::io(&dst))?;
+        }
+        for p in &sealed {
+            let dst = packs.join(format!("{}.idx", p.name));
+            std::fs::rename(&p.idx, &dst).map_err(StoreError::io(&dst))?;
+        }
         let staged = std::mem::take(&mut *self.staged.lock().expect("staged list"));
         for (tmp, dst) in &staged {
             std::fs::rename(tmp, dst).map_err(StoreError::io(dst))?;
         }
         fsx::syncfs(&root).map_err(StoreError::io(&root))?;
+        {
+            let mut idx = self.repo.chunk_index_mut();
+            for p in sealed {
+                idx.insert_pack(p.name, &p.entries);
+            }
+        }
         self.repo.write_ref(ref_name, release)?;
         self.committed = true;
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -1,13 +1,14 @@
 //! `verify`: re-hash every object and check every manifest, and name for each bad object the releases it breaks.
 
+use super::pack::{self, IndexEntry};
 use super::{Repository, StoreError};
 use crate::chunk;
-use crate::fsx;
 use crate::id::{ChunkId, ManifestId};
-use crate::manifest::MAX_CHUNK_LEN;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::collections::HashSet;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 /// One corrupt or missing object.
 #[derive(Debug, Serialize)]
@@ -29,7 +30,7 @@ pub struct VerifyReport {
     pub releases: u64,
     /// Manifests checked.
     pub manifests: u64,
-    /// Chunk objects re-hashed.
+    /// Chunk records re-hashed.
     pub chunks: u64,
     /// Chunk objects no release references (gc removes them).
     pub unreferenced_chunks: u64,
@@ -43,7 +44,27 @@ pub fn verify(repo: &Repository, progress: &(dyn Fn(u64) + Sync)) -> Result<Veri
     // Which releases use each chunk and manifest, so that a bad object can be blamed on them.
     let mut chunk_users: HashMap<ChunkId, Vec<u32>> = HashMap::new();
     let mut manifest_users: HashMap<ManifestId, Vec<u32>> = HashMap::new();
-    let refs = repo.refs()?;
+    // Each ref on its own, so that one that does not decode is reported as damage instead of ending the check.
+    let mut refs = Vec::new();
+    let dir = repo.root().join("refs/releases");
+    for ent in std::fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
+        let ent = ent.map_err(StoreError::io(&dir))?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue; // a temp file of an interrupted write
+        }
+        match repo.read_ref(&name) {
+            Ok(Some(id)) => refs.push((name, id)),
+            Ok(None) => {}
+            Err(e) => report.problems.push(Problem {
+                kind: "ref",
+                id: name.clone(),
+                error: e.to_string(),
+                breaks: vec![name],
+            }),
+        }
+    }
+    refs.sort();
     let names: Vec<String> = refs.iter().map(|(n, _)| n.clone()).collect();
     for (idx, (name, id)) in refs.iter().enumerate() {
         report.releases += 1;
@@ -89,46 +110,86 @@ pub fn verify(repo: &Repository, progress: &(dyn Fn(u64) + Sync)) -> Result<Veri
         v.sort();
         v
     };
-    let objects = repo.list_objects("chunks")?;
+    // Every record of every pack: its index entry within bounds, the record's id matching, the object decoding
+    // to bytes with that hash.
+    let dir = repo.packs_dir();
+    let packs: Vec<String> = repo.chunk_index().packs.clone();
+    let mut records: Vec<(String, IndexEntry)> = Vec::new();
+    for name in &packs {
+        match pack::read_index(&dir, name) {
+            Ok(entries) => records.extend(entries.into_iter().map(|e| (name.clone(), e))),
+            Err(e) => {
+                let scan = std::fs::read(repo.pack_path(name)).map(|b| pack::scan_pack(&b));
+                let breaks = Vec::new();
+                report.problems.push(Problem { kind: "pack index", id: name.clone(), error: e, breaks });
+                if let Ok(scan) = scan {
+                    records.extend(scan.entries.into_iter().map(|e| (name.clone(), e)));
+                }
+            }
+        }
+    }
     let done = std::sync::atomic::AtomicU64::new(0);
-    let results: Vec<(Option<ChunkId>, String, Option<String>)> = objects
+    let results: Vec<(ChunkId, Option<String>)> = records
         .par_iter()
-        .map(|(name, path)| {
+        .map(|(name, e)| {
             let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if n % 1024 == 0 {
                 progress(n);
             }
-            let Some(id) = ChunkId::from_hex(name) else {
-                return (None, name.clone(), Some("not a chunk object name".to_string()));
+            let path = repo.pack_path(name);
+            let check = || -> Result<(), String> {
+                // Never through a symlink (a pack replaced by one is damage, whatever it points to).
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let mut head = [0u8; pack::RECORD_HEADER as usize];
+                f.read_exact_at(&mut head, e.offset - pack::RECORD_HEADER).map_err(|e| e.to_string())?;
+                if head[4..] != e.id.0 || u32::from_le_bytes(head[..4].try_into().expect("4")) != e.len {
+                    return Err(format!(
+                        "{} offset {}: record header does not match the index",
+                        path.display(),
+                        e.offset
+                    ));
+                }
+                let loc = pack::Loc { pack: 0, offset: e.offset, len: e.len };
+                let obj = pack::read_object(&f, &loc)
+                    .map_err(|err| format!("{} offset {}: {err}", path.display(), e.offset))?;
+                chunk::decode_object(&e.id, &obj, None)
+                    .map(|_| ())
+                    .map_err(|err| format!("{} offset {}: {err}", path.display(), e.offset))
             };
-            let err = match fsx::read_capped(path, MAX_CHUNK_LEN as usize + 4096) {
-                Ok(obj) => chunk::decode_object(&id, &obj, None).err().map(|e| e.to_string()),
-                Err(e) => Some(format!("{}: {e}", path.display())),
-            };
-            (Some(id), name.clone(), err)
+            (e.id, check().err())
         })
         .collect();
-    let mut present: std::collections::HashSet<ChunkId> = std::collections::HashSet::with_capacity(results.len());
-    for (id, name, err) in results {
+    let mut present: HashSet<ChunkId> = HashSet::with_capacity(results.len());
+    for (id, err) in results {
         report.chunks += 1;
-        if let Some(id) = id {
-            present.insert(id);
-            if !chunk_users.contains_key(&id) {
-                report.unreferenced_chunks += 1;
+        if !chunk_users.contains_key(&id) {
+            report.unreferenced_chunks += 1;
+        }
+        match err {
+            None => {
+                present.insert(id);
+            }
+            Some(error) => {
+                let breaks = blame(chunk_users.get(&id));
+                report.problems.push(Problem { kind: "chunk", id: id.to_hex(), error, breaks });
             }
         }
-        if let Some(error) = err {
-            let breaks = blame(id.as_ref().and_then(|i| chunk_users.get(i)));
-            report.problems.push(Problem { kind: "chunk", id: name, error, breaks });
-        }
     }
-    let mut missing: Vec<_> = chunk_users.iter().filter(|(id, _)| !present.contains(id)).collect();
+    // A chunk with a bad copy and a good one is not missing; one with only bad copies was reported above.
+    let reported: HashSet<String> =
+        report.problems.iter().filter(|p| p.kind == "chunk").map(|p| p.id.clone()).collect();
+    let mut missing: Vec<_> =
+        chunk_users.iter().filter(|(id, _)| !present.contains(id) && !reported.contains(&id.to_hex())).collect();
     missing.sort_by_key(|(id, _)| **id);
     for (id, users) in missing {
         report.problems.push(Problem {
             kind: "chunk",
             id: id.to_hex(),
-            error: format!("missing ({})", repo.chunk_path(id).display()),
+            error: "missing: in no pack of the repository".to_string(),
             breaks: blame(Some(users)),
         });
     }
