@@ -197,9 +197,16 @@ impl Chunker<'_> {
         loop {
             let start = buf.len();
             let mut filled = start;
-            buf.resize(self.window, 0);
+            // Up to the window, but while the size hint holds no further than one byte past the expected end (to
+            // see EOF): zero-filling a whole window for each small file costs more than reading it.
+            let want = if total <= size_hint {
+                self.window.min(start.saturating_add((size_hint - total) as usize).saturating_add(1))
+            } else {
+                self.window
+            };
+            buf.resize(want, 0);
             let mut eof = false;
-            while filled < self.window {
+            while filled < want {
                 match r.read(&mut buf[filled..]) {
                     Ok(0) => {
                         eof = true;
@@ -318,7 +325,7 @@ pub fn publish(
         progress,
         window: (4usize << 20).max(4 * repo.config.chunker.max as usize),
     };
-    let scan_start = now_secs();
+    let scan_start = std::time::SystemTime::now();
     let skipped;
     let mut cache_hits = 0u64;
     let mut files_read = 0u64;
@@ -664,8 +671,18 @@ fn read_tar(
     let mut problems = Vec::new();
     let mut skipped = Vec::new();
     let mut root: Option<TreeItem> = None;
+    // A header that does not parse means this is not a tar archive (or a damaged one): say so, briefly.
+    let not_tar = |e: io::Error| {
+        let e = e.to_string();
+        let first = e.lines().next().unwrap_or_default().chars().take(120).collect::<String>();
+        PublishError::Invalid(format!(
+            "{src}: not a readable tar archive ({first})\nhelp: TREE is the root of an EUPS install tree (the directory holding ups_db/), or a .tar/.tar.zst of one"
+        ))
+    };
+    let mut n_entries = 0u64;
     for entry in archive.entries().map_err(io_err)? {
-        let mut entry = entry.map_err(io_err)?;
+        let mut entry = entry.map_err(not_tar)?;
+        n_entries += 1;
         let raw_path = entry.path_bytes().into_owned();
         let header = entry.header();
         let mode = header.mode().map_err(io_err)? & MODE_MASK;
@@ -742,6 +759,10 @@ fn read_tar(
             continue;
         };
         items.insert(path, TreeItem { mode, mtime, item });
+    }
+    if n_entries == 0 {
+        // An empty file (a failed download) must not become an empty release.
+        return Err(PublishError::Invalid(format!("{src}: empty archive (no entries)")));
     }
     // Hardlinks must name a file of the archive; resolve chains to the file itself.
     let links: Vec<(Vec<u8>, Vec<u8>)> = items

@@ -224,10 +224,20 @@ pub fn walk_dir(root: &Path, opts: &ScanOptions, excluder: &Excluder) -> Walk {
         }
         Err(e) => walk.problems.push(TreeProblem { path: root.display().to_string(), reason: e.to_string() }),
     }
-    let sub = walk_children(root, b"", opts, excluder);
-    walk.entries.extend(sub.entries);
-    walk.problems.extend(sub.problems);
-    walk.skipped.extend(sub.skipped);
+    // Level by level (each level's directories in parallel), not recursively: a deep tree must not overflow a
+    // worker thread's stack.
+    let mut level: Dirs = vec![(root.to_owned(), Vec::new())];
+    while !level.is_empty() {
+        let subs: Vec<(Walk, Dirs)> =
+            level.par_iter().map(|(full, path)| walk_children(full, path, opts, excluder)).collect();
+        level = Vec::new();
+        for (sub, subdirs) in subs {
+            walk.entries.extend(sub.entries);
+            walk.problems.extend(sub.problems);
+            walk.skipped.extend(sub.skipped);
+            level.extend(subdirs);
+        }
+    }
     walk.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     walk
 }
@@ -236,16 +246,20 @@ fn mtime_of(md: &std::fs::Metadata) -> Mtime {
     Mtime { secs: md.mtime(), nanos: md.mtime_nsec() as u32 }
 }
 
-fn walk_children(dir: &Path, rel: &[u8], opts: &ScanOptions, excluder: &Excluder) -> Walk {
+/// Directories as (full path, path relative to the root).
+type Dirs = Vec<(PathBuf, Vec<u8>)>;
+
+/// Reads the entries of one directory; returns them and its subdirectories.
+fn walk_children(dir: &Path, rel: &[u8], opts: &ScanOptions, excluder: &Excluder) -> (Walk, Dirs) {
     let mut walk = Walk { entries: Vec::new(), problems: Vec::new(), skipped: Vec::new() };
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) => {
             walk.problems.push(TreeProblem { path: show_path(rel), reason: format!("cannot read directory: {e}") });
-            return walk;
+            return (walk, Vec::new());
         }
     };
-    let mut subdirs: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    let mut subdirs: Dirs = Vec::new();
     for ent in rd {
         let ent = match ent {
             Ok(e) => e,
@@ -273,13 +287,7 @@ fn walk_children(dir: &Path, rel: &[u8], opts: &ScanOptions, excluder: &Excluder
         }
         walk.entries.push(SourceEntry { path, mode: md.mode() & MODE_MASK, mtime: mtime_of(&md), kind });
     }
-    let subs: Vec<Walk> = subdirs.par_iter().map(|(full, path)| walk_children(full, path, opts, excluder)).collect();
-    for s in subs {
-        walk.entries.extend(s.entries);
-        walk.problems.extend(s.problems);
-        walk.skipped.extend(s.skipped);
-    }
-    walk
+    (walk, subdirs)
 }
 
 /// A part to be published: where it is mounted and what it is.

@@ -1,0 +1,337 @@
+//! Store corruption: `verify` names every damaged object and the releases it breaks; checkout and export never
+//! hand out wrong bytes (RELIABILITY cases 11-13, 15, 41).
+
+use crate::args;
+use crate::util::*;
+use qpack::id::ChunkId;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// A repository with r1 (the sample tree) and r2 (the same with qserv's library rebuilt), and the two trees
+/// (r1's as a checkout, made before any damage).
+struct Fixture {
+    t: TestDir,
+    repo: PathBuf,
+    tree1: PathBuf,
+    tree2: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let t = TestDir::new();
+    let (repo, tree1, tree2) = (t.join("repo"), t.join("tree1"), t.join("tree2"));
+    sample_tree(&tree2);
+    publish(&tree2, &repo, "r1", &[]);
+    checkout(&repo, "r1", &tree1);
+    // Rewritten in place: the other parts (directory mtimes included) stay the same.
+    write(&tree2.join("Linux64/qserv/3.0/lib/libqserv.so"), &random_bytes(500 << 10, 4242), 0o755);
+    publish(&tree2, &repo, "r2", &[]);
+    Fixture { t, repo, tree1, tree2 }
+}
+
+impl Fixture {
+    /// The first chunk of a file of r1.
+    fn chunk(&self, path: &str) -> ChunkId {
+        chunks_of_file(&self.repo, "r1", path)[0].id
+    }
+    fn object(&self, id: &ChunkId) -> Vec<u8> {
+        read_chunk_object(&self.repo, id)
+    }
+    fn set_object(&self, id: &ChunkId, bytes: &[u8]) {
+        write_chunk_object(&self.repo, id, bytes)
+    }
+}
+
+/// `verify --json` must exit 3 and report exactly one problem, of this kind and id, breaking these releases.
+#[track_caller]
+fn expect_one_problem(repo: &Path, kind: &str, id: &str, breaks: &[&str]) -> serde_json::Value {
+    let out = qpack(args!["verify", "--repo", repo, "--json"]).code(3);
+    let v = out.json();
+    let problems = v["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{v:#}");
+    assert_eq!(problems[0]["kind"], kind, "{v:#}");
+    assert_eq!(problems[0]["id"], id, "{v:#}");
+    assert_eq!(problems[0]["breaks"], serde_json::json!(breaks), "{v:#}");
+    // The human form names the object and the releases too.
+    let text = verify(repo).code(3);
+    text.says(&[&format!("DAMAGED {kind} {id}"), &format!("breaks: {}", breaks.join(", "))]);
+    problems[0].clone()
+}
+
+/// A checkout of `release` must fail naming `what`, and every file it left must be a prefix of the source's.
+#[track_caller]
+fn checkout_fails_without_wrong_bytes(f: &Fixture, release: &str, src: &Path, what: &str) {
+    let dest = f.t.join(format!("co-{release}-{}", rand_suffix()));
+    qpack(args!["checkout", release, &dest, "--repo", &f.repo]).fails().says(&[what]);
+    if dest.exists() {
+        for (p, n) in snapshot(&dest) {
+            if let Kind::File(..) = n.kind {
+                let got = fs::read(dest.join(crate::util::p(&p))).unwrap();
+                let want = fs::read(src.join(crate::util::p(&p))).unwrap();
+                assert!(want.starts_with(&got), "checkout wrote wrong bytes into {}", String::from_utf8_lossy(&p));
+            }
+        }
+    }
+    let tarball = f.t.join(format!("ex-{release}.tar"));
+    qpack(args!["export", release, "--repo", &f.repo, "-o", &tarball]).fails().says(&[what]);
+    assert!(!tarball.exists(), "a failed export left a tarball");
+    let leftovers: Vec<_> = fs::read_dir(f.t.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+        .collect();
+    assert!(leftovers.is_empty(), "a failed export left {leftovers:?}");
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[test]
+fn clean_repository_verifies() {
+    let f = fixture();
+    let v = qpack(args!["verify", "--repo", &f.repo, "--json"]).ok().json();
+    assert_eq!(num(&v, "releases"), 2);
+    assert_eq!(num(&v, "manifests"), 5, "4 parts each, 3 shared: {v:#}");
+    assert_eq!(num(&v, "chunks"), stored_chunks(&f.repo));
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0);
+    verify(&f.repo).ok().says(&["every object is intact"]);
+}
+
+#[test]
+fn flipped_byte_in_a_chunk_is_found_and_never_checked_out() {
+    let f = fixture();
+    // A chunk both releases use (an incompressible library: stored raw).
+    let shared = f.chunk("Linux64/foo/1.0/lib/libfoo.so.1");
+    let mut obj = f.object(&shared);
+    let n = obj.len();
+    obj[n - 100] ^= 0x01;
+    f.set_object(&shared, &obj);
+    expect_one_problem(&f.repo, "chunk", &shared.to_hex(), &["r1", "r2"]);
+    checkout_fails_without_wrong_bytes(&f, "r1", &f.tree1, &shared.to_hex());
+    checkout_fails_without_wrong_bytes(&f, "r2", &f.tree2, &shared.to_hex());
+}
+
+#[test]
+fn damage_is_blamed_on_the_releases_that_use_it() {
+    let f = fixture();
+    let old = f.chunk("Linux64/qserv/3.0/lib/libqserv.so");
+    assert!(!chunk_set(&f.repo, "r2").contains(&old));
+    let mut obj = f.object(&old);
+    let n = obj.len();
+    obj[n / 2] ^= 0x40;
+    f.set_object(&old, &obj);
+    expect_one_problem(&f.repo, "chunk", &old.to_hex(), &["r1"]);
+    checkout_fails_without_wrong_bytes(&f, "r1", &f.tree1, &old.to_hex());
+    // r2 does not use it and is intact.
+    let out = f.t.join("r2");
+    checkout(&f.repo, "r2", &out);
+    assert_same_tree(&f.tree2, &out, Cmp::EXACT);
+}
+
+#[test]
+fn compressed_chunk_damage_is_found() {
+    let f = fixture();
+    let id = f.chunk("Linux64/bar/2.1/lib/libbar.so.2");
+    let mut obj = f.object(&id);
+    assert_eq!(obj[5], 1, "a text chunk is stored zstd-compressed");
+    let n = obj.len();
+    obj[n - 3] ^= 0xff;
+    f.set_object(&id, &obj);
+    expect_one_problem(&f.repo, "chunk", &id.to_hex(), &["r1", "r2"]);
+    checkout_fails_without_wrong_bytes(&f, "r2", &f.tree2, &id.to_hex());
+}
+
+#[test]
+fn zeroed_or_cut_short_chunk_is_found() {
+    let f = fixture();
+    let id = f.chunk("Linux64/foo/1.0/bin/foo");
+    let obj = f.object(&id);
+    // Zeroed in place.
+    f.set_object(&id, &vec![0u8; obj.len()]);
+    expect_one_problem(&f.repo, "chunk", &id.to_hex(), &["r1", "r2"]);
+    checkout_fails_without_wrong_bytes(&f, "r1", &f.tree1, &id.to_hex());
+    // The header intact, the payload cut short: what a truncated object looks like to its reader.
+    let mut short = obj.clone();
+    let declared = u32::from_le_bytes(obj[6..10].try_into().unwrap());
+    short[6..10].copy_from_slice(&(declared + 1).to_le_bytes());
+    f.set_object(&id, &short);
+    expect_one_problem(&f.repo, "chunk", &id.to_hex(), &["r1", "r2"]);
+    checkout_fails_without_wrong_bytes(&f, "r1", &f.tree1, &id.to_hex());
+}
+
+#[test]
+fn store_file_truncated_is_found() {
+    let f = fixture();
+    // Cut the file holding r2's new chunks in the middle of its last object.
+    let only_r2: Vec<ChunkId> = chunk_set(&f.repo, "r2").difference(&chunk_set(&f.repo, "r1")).copied().collect();
+    let locs: Vec<(ChunkId, (PathBuf, u64, u32))> = only_r2.iter().map(|id| (*id, chunk_object(&f.repo, id))).collect();
+    let (last, (path, off, len)) = locs.iter().max_by_key(|(_, (_, off, _))| *off).unwrap().clone();
+    assert!(locs.iter().all(|(_, (p, ..))| *p == path), "r2's new chunks are in one file");
+    let file_len = fs::metadata(&path).unwrap().len();
+    assert_eq!(file_len, off + u64::from(len), "the last object ends the file");
+    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(off + u64::from(len) / 2).unwrap();
+    let out = qpack(args!["verify", "--repo", &f.repo, "--json"]).code(3);
+    let v = out.json();
+    let problems = v["problems"].as_array().unwrap();
+    let p = problems.iter().find(|p| p["id"] == last.to_hex().as_str()).unwrap_or_else(|| panic!("{v:#}"));
+    assert_eq!(p["breaks"], serde_json::json!(["r2"]), "{v:#}");
+    assert!(problems.iter().all(|p| p["breaks"] != serde_json::json!(["r1"])), "r1 does not use that file: {v:#}");
+    checkout_fails_without_wrong_bytes(&f, "r2", &f.tree2, &last.to_hex());
+    let out = f.t.join("r1");
+    checkout(&f.repo, "r1", &out);
+    assert_same_tree(&f.tree1, &out, Cmp::EXACT);
+}
+
+#[test]
+fn missing_chunks_are_found() {
+    let f = fixture();
+    // Lose the file holding r2's new chunks: they are missing, r2 is broken, r1 is not.
+    let only_r2: Vec<ChunkId> = chunk_set(&f.repo, "r2").difference(&chunk_set(&f.repo, "r1")).copied().collect();
+    let (path, ..) = chunk_object(&f.repo, &only_r2[0]);
+    let check = |extra_allowed: bool| {
+        let v = qpack(args!["verify", "--repo", &f.repo, "--json"]).code(3).json();
+        let problems = v["problems"].as_array().unwrap();
+        for id in &only_r2 {
+            let p = problems.iter().find(|p| p["id"] == id.to_hex().as_str()).unwrap_or_else(|| panic!("{id}: {v:#}"));
+            assert!(p["error"].as_str().unwrap().contains("missing"), "{p:#}");
+            assert_eq!(p["breaks"], serde_json::json!(["r2"]));
+        }
+        let chunk_problems = problems.iter().filter(|p| p["kind"] == "chunk").count();
+        assert_eq!(chunk_problems, only_r2.len(), "{v:#}");
+        assert!(extra_allowed || problems.len() == only_r2.len(), "{v:#}");
+        checkout_fails_without_wrong_bytes(&f, "r2", &f.tree2, "missing");
+        let out = f.t.join(format!("r1-{}", rand_suffix()));
+        checkout(&f.repo, "r1", &out);
+        assert_same_tree(&f.tree1, &out, Cmp::EXACT);
+    };
+    // The data file alone (whatever indexes it is left behind, and may be reported too).
+    fs::remove_file(&path).unwrap();
+    check(true);
+    // And anything else of it.
+    let stem = path.with_extension("");
+    for e in fs::read_dir(path.parent().unwrap()).unwrap().flatten() {
+        if e.path().with_extension("") == stem {
+            fs::remove_file(e.path()).unwrap();
+        }
+    }
+    check(false);
+}
+
+#[test]
+fn store_file_replaced_by_a_symlink_is_not_followed() {
+    let f = fixture();
+    let id = f.chunk("Linux64/foo/1.0/lib/libfoo.so.1");
+    let (path, ..) = chunk_object(&f.repo, &id);
+    // The symlink points at an intact copy: following it would hide the damage.
+    let outside = f.t.join("outside-copy");
+    fs::rename(&path, &outside).unwrap();
+    symlink(&outside, &path);
+    let v = qpack(args!["verify", "--repo", &f.repo, "--json"]).code(3).json();
+    let p = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id.to_hex().as_str())
+        .unwrap_or_else(|| panic!("chunk {id} not reported: {v:#}"))
+        .clone();
+    assert_eq!(p["breaks"], serde_json::json!(["r1", "r2"]), "{v:#}");
+    checkout_fails_without_wrong_bytes(&f, "r1", &f.tree1, "symbolic link");
+}
+
+#[test]
+fn decompression_bomb_is_refused() {
+    let f = fixture();
+    let id = f.chunk("Linux64/bar/2.1/lib/libbar.so.2");
+    let obj = f.object(&id);
+    // Same header (declared length), but a frame that inflates to 64 MiB of zeros, padded to the object's
+    // length with a zstd skippable frame.
+    let frame = zstd::encode_all(std::io::Read::take(std::io::repeat(0), 64 << 20), 1).unwrap();
+    let mut bomb = obj[..10].to_vec();
+    bomb.extend_from_slice(&frame);
+    let pad = obj.len().checked_sub(bomb.len() + 8).expect("the bomb fits in the object");
+    bomb.extend_from_slice(&[0x50, 0x2a, 0x4d, 0x18]);
+    bomb.extend_from_slice(&(pad as u32).to_le_bytes());
+    bomb.resize(obj.len(), 0);
+    f.set_object(&id, &bomb);
+    expect_one_problem(&f.repo, "chunk", &id.to_hex(), &["r1", "r2"]);
+    checkout_fails_without_wrong_bytes(&f, "r1", &f.tree1, &id.to_hex());
+}
+
+#[test]
+fn corrupt_manifest_is_found() {
+    let f = fixture();
+    let show = qpack(args!["show", "r1", "--repo", &f.repo, "--json"]).ok().json();
+    let foo = show["parts"].as_array().unwrap().iter().find(|p| p["product"] == "foo").unwrap().clone();
+    let mid = foo["manifest"].as_str().unwrap().to_owned();
+    let path = f.repo.join("objects/manifests").join(&mid[..2]).join(&mid);
+    let mut bytes = fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x10;
+    fs::write(&path, &bytes).unwrap();
+    expect_one_problem(&f.repo, "manifest", &mid, &["r1", "r2"]);
+    let dest = f.t.join("co");
+    qpack(args!["checkout", "r1", &dest, "--repo", &f.repo]).fails().says(&[&mid]);
+    assert!(!dest.exists(), "checkout wrote before finding the manifest corrupt");
+    // gc refuses to sweep on behalf of a damaged release.
+    let before = repo_listing(&f.repo);
+    qpack(args!["gc", "--repo", &f.repo, "--keep", "2"]).fails().says(&["damaged"]);
+    assert_listing_unchanged(&before, &f.repo);
+    // A missing manifest too.
+    fs::remove_file(&path).unwrap();
+    let p = expect_one_problem(&f.repo, "manifest", &mid, &["r1", "r2"]);
+    assert!(p["error"].as_str().unwrap().contains("missing"), "{p:#}");
+}
+
+#[test]
+fn damaged_or_missing_release_object_is_found() {
+    let f = fixture();
+    let show = qpack(args!["show", "r1", "--repo", &f.repo, "--json"]).ok().json();
+    let id = show["id"].as_str().unwrap().to_owned();
+    let path = f.repo.join("objects/releases").join(&id);
+    let mut bytes = fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0x01;
+    fs::write(&path, &bytes).unwrap();
+    expect_one_problem(&f.repo, "release", &id, &["r1"]);
+    qpack(args!["show", "r1", "--repo", &f.repo]).fails();
+    qpack(args!["checkout", "r1", f.t.join("co"), "--repo", &f.repo]).fails();
+    assert!(!f.t.join("co").exists());
+    fs::remove_file(&path).unwrap();
+    let p = expect_one_problem(&f.repo, "release", &id, &["r1"]);
+    assert!(p["error"].as_str().unwrap().contains("missing"), "{p:#}");
+    // r2 is unaffected.
+    let out = f.t.join("r2");
+    checkout(&f.repo, "r2", &out);
+    assert_same_tree(&f.tree2, &out, Cmp::EXACT);
+}
+
+#[test]
+fn damaged_ref_is_reported_and_the_rest_still_checked() {
+    let f = fixture();
+    let r1 = f.repo.join("refs/releases/r1");
+    fs::write(&r1, b"garbage").unwrap();
+    let v = qpack(args!["verify", "--repo", &f.repo, "--json"]).code(3).json();
+    let problems = v["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{v:#}");
+    assert_eq!((&problems[0]["kind"], &problems[0]["id"]), (&"ref".into(), &"r1".into()), "{v:#}");
+    assert_eq!(num(&v, "releases"), 1, "r2 must still be checked: {v:#}");
+    verify(&f.repo).code(3).says(&["DAMAGED ref r1"]);
+    // gc will not guess which objects a release it cannot read needs.
+    let before = repo_listing(&f.repo);
+    qpack(args!["gc", "--repo", &f.repo, "--keep", "1"]).fails().says(&["refs/releases/r1"]);
+    assert_listing_unchanged(&before, &f.repo);
+    // A ref replaced by a symlink (to a valid ref) is not followed either.
+    let r2 = f.repo.join("refs/releases/r2");
+    let copy = f.t.join("r2-ref-copy");
+    fs::copy(&r2, &copy).unwrap();
+    fs::remove_file(&r1).unwrap();
+    symlink(&copy, &r1);
+    let v = qpack(args!["verify", "--repo", &f.repo, "--json"]).code(3).json();
+    assert_eq!(v["problems"][0]["id"], "r1", "{v:#}");
+    // r2 is intact.
+    let out = f.t.join("r2");
+    checkout(&f.repo, "r2", &out);
+    assert_same_tree(&f.tree2, &out, Cmp::EXACT);
+}
