@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     match qpack::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", qpack::cli::error_text(&e));
             ExitCode::from(1)
         }
     }

@@ -115,6 +115,23 @@ impl crate::publish::Progress for Bar {
     }
 }
 
+/// An error and its causes on one line each step, leaving out a cause whose text the previous one already
+/// ends with (our error types print their source inline, and anyhow's chain would repeat it).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// Bytes for humans: `1.5 GiB`.
 pub(crate) fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

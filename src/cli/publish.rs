@@ -56,6 +56,8 @@ pub fn run(a: Args, verbose: u8) -> anyhow::Result<ExitCode> {
         Some(p) => Some(PublisherKey::read(p)?),
         None => None,
     };
+    // A typo in TREE must not leave a new empty repository behind.
+    std::fs::metadata(&a.tree).with_context(|| format!("{}: cannot publish it", a.tree.display()))?;
     let repo = Repository::open_or_init(&a.repo, ChunkerParams::default())?;
     let opts = PublishOptions {
         name: a.release.clone(),

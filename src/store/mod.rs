@@ -490,7 +490,8 @@ impl Repository {
         Ok(out)
     }
 
-    /// Removes temp directories left by interrupted writers. Only safe under the exclusive lock.
+    /// Removes what interrupted writers left: `tmp/` entries, temp files of atomic writes in `refs/releases/`
+    /// and `cache/`, and packs whose index was never renamed into place. Only safe under the exclusive lock.
     pub(crate) fn clean_tmp(&self) -> Result<(), StoreError> {
         let tmp = self.root.join("tmp");
         for ent in std::fs::read_dir(&tmp).map_err(StoreError::io(&tmp))? {
@@ -502,6 +503,24 @@ impl Repository {
                 std::fs::remove_file(&p)
             };
             res.map_err(StoreError::io(&p))?;
+        }
+        for dir in [self.ref_dir(), self.root.join("cache"), self.root.clone()] {
+            for ent in std::fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
+                let ent = ent.map_err(StoreError::io(&dir))?;
+                let name = ent.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') && name.contains(".tmp.") {
+                    std::fs::remove_file(ent.path()).map_err(StoreError::io(ent.path()))?;
+                }
+            }
+        }
+        let packs = self.packs_dir();
+        for ent in std::fs::read_dir(&packs).map_err(StoreError::io(&packs))? {
+            let ent = ent.map_err(StoreError::io(&packs))?;
+            let p = ent.path();
+            if p.extension().is_some_and(|e| e == "pack") && !p.with_extension("idx").exists() {
+                tracing::info!("removing {} (its index was never written: an interrupted publish)", p.display());
+                std::fs::remove_file(&p).map_err(StoreError::io(&p))?;
+            }
         }
         Ok(())
     }

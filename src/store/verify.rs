@@ -66,9 +66,10 @@ pub fn verify(repo: &Repository, progress: &(dyn Fn(u64) + Sync)) -> Result<Veri
     }
     refs.sort();
     let names: Vec<String> = refs.iter().map(|(n, _)| n.clone()).collect();
+    let mut releases = Vec::new();
     for (idx, (name, id)) in refs.iter().enumerate() {
         report.releases += 1;
-        let release = match repo.read_release(id) {
+        let release: crate::manifest::Release = match repo.read_release(id) {
             Ok((_, r)) => r,
             Err(e) => {
                 report.problems.push(Problem {
@@ -83,6 +84,7 @@ pub fn verify(repo: &Repository, progress: &(dyn Fn(u64) + Sync)) -> Result<Veri
         for part in &release.parts {
             manifest_users.entry(part.manifest).or_default().push(idx as u32);
         }
+        releases.push((idx, release));
     }
     for (mid, users) in &manifest_users {
         report.manifests += 1;
@@ -103,6 +105,22 @@ pub fn verify(repo: &Repository, progress: &(dyn Fn(u64) + Sync)) -> Result<Veri
                 error: e.to_string(),
                 breaks: users.iter().map(|&i| names[i as usize].clone()).collect(),
             }),
+        }
+    }
+    // Parts valid one by one can still escape together (a mount under a symlink of the base, base entries
+    // inside a mount): check each release whose manifests are sound the way checkout will.
+    let bad_manifests: HashSet<String> = report.problems.iter().map(|p| p.id.clone()).collect();
+    for (idx, release) in &releases {
+        if release.parts.iter().any(|p| bad_manifests.contains(&p.manifest.to_hex())) {
+            continue;
+        }
+        if let Err(e) = crate::materialize::Plan::load(repo, release, true) {
+            report.problems.push(Problem {
+                kind: "release",
+                id: refs[*idx].1.to_hex(),
+                error: e.to_string(),
+                breaks: vec![names[*idx].clone()],
+            });
         }
     }
     let blame = |users: Option<&Vec<u32>>| -> Vec<String> {

@@ -227,6 +227,27 @@ fn valid_manifests_that_escape_when_combined_are_refused() {
         assert!(!f.exists() || fs::read(&f).unwrap().is_empty(), "wrong bytes were written");
     }
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+
+    // verify judges releases the way checkout does: every one of them is reported, by name.
+    let v = qpack(args!["verify", "--repo", repo.root(), "--json"]).code(3).json();
+    let broken: Vec<String> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["breaks"].as_array().unwrap().iter().map(|b| b.as_str().unwrap().to_string()))
+        .collect();
+    for name in [
+        "mount-under-symlink",
+        "symlink-at-mount",
+        "base-inside-mount",
+        "mount-up",
+        "mount-abs",
+        "nested",
+        "two-bases",
+        "swapped-chunk",
+    ] {
+        assert!(broken.iter().any(|b| b == name), "verify did not report {name}: {v}");
+    }
 }
 
 #[test]

@@ -273,3 +273,15 @@ fn unreadable_file_or_directory_is_refused() {
     assert_listing_unchanged(&before, &repo);
     chmod(&locked, 0o755);
 }
+
+#[test]
+fn a_typo_in_the_tree_creates_no_repository_and_says_it_once() {
+    let t = TestDir::new();
+    let repo = t.join("new-repo");
+    let out = qpack(args!["publish", t.join("no-such-tree"), "--repo", &repo, "--release", "r1"]).fails();
+    assert!(!repo.exists(), "a failed publish created {}", repo.display());
+    let text = out.text();
+    assert!(text.contains("no-such-tree"), "{text}");
+    // The cause is printed once, not once per layer of context.
+    assert_eq!(text.to_lowercase().matches("no such file or directory").count(), 1, "{text}");
+}

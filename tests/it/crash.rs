@@ -114,10 +114,21 @@ fn stale_transaction_directories_are_removed_by_the_next_publish() {
     write(&stale.join(format!("c-{}", "ab".repeat(32))), b"QPKC\x01half", 0o644);
     write(&stale.join(format!("m-{}", "cd".repeat(32))), b"QPKM", 0o644);
     write(&repo.join("tmp/stray-file"), b"x", 0o644);
+    // Temp files of atomic writes killed before their rename, and a pack whose index never got renamed.
+    let stale_ref = repo.join("refs/releases/.r9.tmp.4242");
+    let stale_cache = repo.join("cache/.stat-0123.tmp.4242");
+    let orphan_pack = repo.join("objects/packs/00000000000000000000000000000000.pack");
+    write(&stale_ref, b"QPKF", 0o644);
+    write(&stale_cache, b"QPKS", 0o644);
+    write(&orphan_pack, b"QPKP\x01", 0o644);
     // Not objects: verify ignores them, and nothing is visible.
     verify(&repo).ok();
+    qpack(args!["releases", "--repo", &repo, "--json"]).ok().says(&["r1"]);
     write(&tree.join("b.txt"), b"b\n", 0o644);
     publish(&tree, &repo, "r2", &[]);
     assert_eq!(tmp_entries(&repo), Vec::<String>::new());
+    for p in [&stale_ref, &stale_cache, &orphan_pack] {
+        assert!(!p.exists(), "{} survived the next publish", p.display());
+    }
     verify(&repo).ok();
 }
