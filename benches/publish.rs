@@ -11,7 +11,7 @@
 //! publish is of generated release 2 and the incremental one of release 3: one product rebuilt, as the issue asks.
 //!
 //! Run: `cargo bench --bench publish` (env: QPACK_BENCH_SIZE=1G, QPACK_BENCH_DIR=/tmp/qpack-bench,
-//! QPACK_BENCH_LEVEL=3, QPACK_BENCH_JSON=1 for JSON).
+//! QPACK_BENCH_LEVEL=1 (publish's default), QPACK_BENCH_JSON=1 for JSON).
 
 use qpack::chunk::ChunkerParams;
 use qpack::manifest::EntryKind;
@@ -54,7 +54,7 @@ fn main() {
     let tree = dir.join("tree");
     let repo_dir = dir.join("repo");
 
-    let level: i32 = std::env::var("QPACK_BENCH_LEVEL").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let level: i32 = std::env::var("QPACK_BENCH_LEVEL").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let opts = GenOptions { release: 2, size, ..GenOptions::default() };
     let t = Instant::now();
     let stats = generate(&tree, &opts).expect("generate release 2");

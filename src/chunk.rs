@@ -28,7 +28,7 @@ pub struct ChunkerParams {
 }
 
 impl Default for ChunkerParams {
-    /// 16 KiB / 64 KiB / 256 KiB: see ARCHITECTURE.md, "Chunk sizes", for the measurement behind it.
+    /// 16 KiB / 64 KiB / 256 KiB: see ARCHITECTURE.md, "Chunk sizes and zstd level", for the measurement.
     fn default() -> Self {
         Self { min: 16 << 10, avg: 64 << 10, max: 256 << 10 }
     }

@@ -45,6 +45,17 @@ pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
     res
 }
 
+/// Replaces `dir/name` with `data` atomically but not durably (no fsync): for caches, which a crash may lose
+/// but must never leave half written.
+pub fn write_replace(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let res = std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, dir.join(name)));
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
 /// Reads a whole file, refusing one larger than `cap` bytes before reading it, and never following a symlink
 /// at the last component.
 pub fn read_capped(path: &Path, cap: usize) -> io::Result<Vec<u8>> {

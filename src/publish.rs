@@ -333,6 +333,7 @@ pub fn publish(
     let (items, version_files, cache) = if is_dir {
         progress.phase("scanning", 0);
         let walk = scan::walk_dir(&abs, &opts.scan, &excluder);
+        tracing::info!("walked {} entries in {:.2} s", walk.entries.len(), t0.elapsed().as_secs_f64());
         if !walk.problems.is_empty() {
             return Err(PublishError::Problems(walk.problems));
         }
@@ -355,6 +356,7 @@ pub fn publish(
         (items, vfs, None)
     };
 
+    tracing::info!("read and chunked {files_read} files at {:.2} s", t0.elapsed().as_secs_f64());
     // Split into parts and build their manifests.
     let paths: Vec<scan::SourceEntry> = items
         .iter()
@@ -463,9 +465,11 @@ pub fn publish(
     report.signed = signature.is_some();
     let signed = SignedRelease { body, signature };
     let id: ReleaseId = txn.put_release(&signed)?;
+    tracing::info!("manifests and release built at {:.2} s", t0.elapsed().as_secs_f64());
     progress.phase("committing", 0);
     finish(&mut report, &txn);
     txn.commit(&opts.name, id)?;
+    tracing::info!("committed at {:.2} s", t0.elapsed().as_secs_f64());
     report.id = id.to_hex();
     if let Some(cache) = cache {
         if let Err(e) = cache.save(repo, new_cache, scan_start) {

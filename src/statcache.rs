@@ -123,6 +123,7 @@ impl StatCache {
         };
         let dir = self.path.parent().expect("cache file has a parent").to_owned();
         let name = self.path.file_name().expect("cache file name").to_string_lossy().into_owned();
-        fsx::write_atomic(&dir, &name, &format::encode(MAGIC_STAT_CACHE, &f))
+        // Disposable: atomic (never half written) but not synced; a crash costs a re-read, not correctness.
+        fsx::write_replace(&dir, &name, &format::encode(MAGIC_STAT_CACHE, &f))
     }
 }

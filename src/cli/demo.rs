@@ -66,7 +66,7 @@ fn demo(dir: &std::path::Path, size: u64, json: bool) -> anyhow::Result<ExitCode
     let opts = |name: &str| PublishOptions {
         name: name.into(),
         prefix: Some(gen.prefix.clone().into_bytes()),
-        level: 3,
+        level: 1,
         scan: ScanOptions::default(),
         key: None,
         parent: None,

@@ -285,3 +285,36 @@ fn a_typo_in_the_tree_creates_no_repository_and_says_it_once() {
     // The cause is printed once, not once per layer of context.
     assert_eq!(text.to_lowercase().matches("no such file or directory").count(), 1, "{text}");
 }
+
+#[test]
+fn a_file_that_keeps_changing_while_read_is_an_error_and_the_repo_is_untouched() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let t = TestDir::new();
+    let (tree, repo) = fixture(&t);
+    let before = repo_listing(&repo);
+    // A log-like file that a process keeps appending to (bounded: 256 MiB or 20 s at most).
+    let growing = tree.join("Linux64/foo/1.0/var.log");
+    write(&growing, &text_bytes(16 << 20, 7), 0o644);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), growing.clone());
+        std::thread::spawn(move || {
+            let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+            let block = [b'x'; 4096];
+            let t0 = std::time::Instant::now();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) && n < 65536 && t0.elapsed().as_secs() < 20 {
+                f.write_all(&block).unwrap();
+                n += 1;
+            }
+        })
+    };
+    let out = qpack(args!["publish", &tree, "--repo", &repo, "--release", "r2"]);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    out.fails().says(&["var.log", "changed while being read"]);
+    assert_listing_unchanged(&before, &repo);
+    verify(&repo).ok();
+}
