@@ -288,25 +288,25 @@ fn a_typo_in_the_tree_creates_no_repository_and_says_it_once() {
 
 #[test]
 fn a_file_that_keeps_changing_while_read_is_an_error_and_the_repo_is_untouched() {
-    use std::io::Write;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let t = TestDir::new();
     let (tree, repo) = fixture(&t);
     let before = repo_listing(&repo);
-    // A log-like file that a process keeps appending to (bounded: 256 MiB or 20 s at most).
+    // A file that another process keeps rewriting in place (its size stays 16 MiB; bounded to 20 s).
     let growing = tree.join("Linux64/foo/1.0/var.log");
     write(&growing, &text_bytes(16 << 20, 7), 0o644);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (stop, path) = (stop.clone(), growing.clone());
         std::thread::spawn(move || {
-            let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
-            let block = [b'x'; 4096];
+            use std::os::unix::fs::FileExt;
+            let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
             let t0 = std::time::Instant::now();
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) && n < 65536 && t0.elapsed().as_secs() < 20 {
-                f.write_all(&block).unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && t0.elapsed().as_secs() < 20 {
+                let block = [b'a' + (n % 26) as u8; 4096];
+                f.write_all_at(&block, (n * 4096) % (16 << 20)).unwrap();
                 n += 1;
             }
         })
