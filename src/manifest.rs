@@ -22,7 +22,7 @@ pub const MODE_MASK: u32 = 0o7777;
 pub const MODE_SETID: u32 = 0o6000;
 
 /// A modification time: seconds since the Unix epoch and nanoseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub struct Mtime {
     /// Seconds since 1970-01-01 UTC (may be negative).
     pub secs: i64,

@@ -12,7 +12,7 @@ use crate::publish::Progress;
 use crate::store::{Repository, StoreError};
 use rayon::prelude::*;
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -61,12 +61,18 @@ pub struct MaterializeReport {
     pub hardlinks: u64,
     /// Bytes written.
     pub bytes: u64,
+    /// Files hardlinked from an installed release instead of written.
+    pub linked: u64,
 }
 
 /// The tree of a release, flattened: every entry with its path from the release root, sorted.
 pub struct Plan {
     /// (path from the root, entry); the root itself has the empty path.
     pub entries: Vec<(Vec<u8>, Entry)>,
+    /// Mount points of the product parts (immutable: installs make their files read-only and share them).
+    pub products: Vec<Vec<u8>>,
+    /// Files whose content is given here rather than by chunks (rendered configuration templates).
+    pub inline: HashMap<Vec<u8>, Vec<u8>>,
 }
 
 impl Plan {
@@ -135,8 +141,83 @@ impl Plan {
                 p = parent_of(p);
             }
         }
-        Ok(Self { entries: tree.into_iter().collect() })
+        let products = release
+            .parts
+            .iter()
+            .filter(|p| matches!(p.kind, PartKind::Product { .. }))
+            .map(|p| p.mount.clone())
+            .collect();
+        Ok(Self { entries: tree.into_iter().collect(), products, inline: HashMap::new() })
     }
+
+    /// Whether `path` lies in a product part (immutable) rather than the base or config part (mutable).
+    pub fn in_product(&self, path: &[u8]) -> bool {
+        self.products.iter().any(|m| path == m.as_slice() || (path.starts_with(m) && path.get(m.len()) == Some(&b'/')))
+    }
+
+    /// The mode a file gets when installed: files of products lose their write bits when `readonly` is set.
+    pub fn installed_mode(&self, path: &[u8], mode: u32, readonly: bool) -> u32 {
+        if readonly && self.in_product(path) {
+            mode & !0o222
+        } else {
+            mode
+        }
+    }
+}
+
+/// Identity of a file's installed inode: content (chunk list), installed mode and mtime. Two files with the same
+/// key can share one inode.
+pub type FileKey = ([u8; 32], u32, crate::manifest::Mtime);
+
+/// The key of a file entry with its installed mode.
+pub fn file_key(e: &Entry, mode: u32) -> Option<FileKey> {
+    let EntryKind::File { size, chunks, .. } = &e.kind else { return None };
+    let mut h = blake3::Hasher::new();
+    h.update(&size.to_le_bytes());
+    for c in chunks {
+        h.update(&c.id.0);
+        h.update(&c.len.to_le_bytes());
+    }
+    Some((*h.finalize().as_bytes(), mode, e.mtime))
+}
+
+/// Files of installed trees that a new install may hardlink instead of writing.
+#[derive(Default)]
+pub struct LinkSources {
+    trees: Vec<Beneath>,
+    by_key: HashMap<FileKey, (usize, Vec<u8>)>,
+}
+
+impl LinkSources {
+    /// Adds the immutable files of an installed tree (`plan` installed read-only under `dir`).
+    pub fn add_tree(&mut self, dir: &Path, plan: &Plan) -> io::Result<()> {
+        let idx = self.trees.len();
+        self.trees.push(Beneath::open(dir)?);
+        for (path, e) in &plan.entries {
+            if plan.in_product(path) && !plan.inline.contains_key(path) {
+                if let Some(key) = file_key(e, plan.installed_mode(path, e.mode, true)) {
+                    self.by_key.entry(key).or_insert((idx, path.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn find(&self, key: &FileKey) -> Option<(&Beneath, &[u8])> {
+        self.by_key.get(key).map(|(i, p)| (&self.trees[*i], p.as_slice()))
+    }
+}
+
+/// How [`write_plan`] writes.
+#[derive(Default)]
+pub struct WriteOptions<'a> {
+    /// The destination may hold an interrupted earlier attempt: keep its complete files (right type, size, mode,
+    /// mtime: the mtime is set last), redo the rest.
+    pub resume: bool,
+    /// Product files lose their write bits (so a shared inode is not edited by accident).
+    pub readonly_products: bool,
+    /// Identical files of installed releases to hardlink instead of writing (product files only).
+    pub link: Option<&'a LinkSources>,
 }
 
 /// Splits a relative path into (parent, name).
@@ -228,7 +309,7 @@ pub fn checkout(
     let total: u64 =
         plan.entries.iter().map(|(_, e)| if let EntryKind::File { size, .. } = e.kind { size } else { 0 }).sum();
     progress.phase("writing", total);
-    let report = write_plan(repo, &plan, &beneath, progress)?;
+    let report = write_plan(repo, &plan, &beneath, &WriteOptions::default(), progress)?;
     if opts.durable {
         rustix::fs::syncfs(beneath.root())
             .map_err(|e| MaterializeError::Io { path: dest.display().to_string(), source: e.into() })?;
@@ -236,12 +317,13 @@ pub fn checkout(
     Ok(report)
 }
 
-/// Writes a plan beneath an empty directory: directories, then files (in parallel), symlinks and hardlinks,
-/// then directory modes and mtimes, deepest first.
+/// Writes a plan beneath a directory (empty, or holding an interrupted attempt with `opts.resume`): directories,
+/// then files (in parallel), symlinks and hardlinks, then directory modes and mtimes, deepest first.
 pub fn write_plan(
     repo: &Repository,
     plan: &Plan,
     beneath: &Beneath,
+    opts: &WriteOptions,
     progress: &dyn Progress,
 ) -> Result<MaterializeReport, MaterializeError> {
     let io_err = |p: &[u8]| {
@@ -254,28 +336,45 @@ pub fn write_plan(
         if e.kind == EntryKind::Dir {
             report.dirs += 1;
             if path.is_empty() {
+                if opts.resume {
+                    rustix::fs::fchmod(beneath.root(), Mode::from_raw_mode(0o700 | e.mode))
+                        .map_err(|e| io_err(path)(e.into()))?;
+                }
                 continue;
             }
             let (parent, name) = split(path);
             let pfd = beneath.open_dir(parent).map_err(io_err(path))?;
-            rustix::fs::mkdirat(&pfd, os(name), Mode::from_raw_mode(0o700)).map_err(|e| io_err(path)(e.into()))?;
+            match rustix::fs::mkdirat(&pfd, os(name), Mode::from_raw_mode(0o700)) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::EXIST) if opts.resume => {
+                    // Left by the earlier attempt: it must be a directory (never followed if a symlink), and
+                    // writable again in case that attempt had already set its final mode.
+                    let fd = beneath.open_dir(path).map_err(io_err(path))?;
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700 | e.mode)).map_err(|e| io_err(path)(e.into()))?;
+                }
+                Err(e) => return Err(io_err(path)(e.into())),
+            }
         }
     }
     // 2. Regular files, in parallel.
     let files: Vec<&(Vec<u8>, Entry)> =
         plan.entries.iter().filter(|(_, e)| matches!(e.kind, EntryKind::File { .. })).collect();
-    let bytes = files
+    let written = files
         .par_iter()
-        .map(|(path, e)| write_file(repo, beneath, path, e, progress))
-        .collect::<Result<Vec<u64>, MaterializeError>>()?;
+        .map(|(path, e)| place_file(repo, plan, beneath, path, e, opts, progress))
+        .collect::<Result<Vec<(u64, bool)>, MaterializeError>>()?;
     report.files = files.len() as u64;
-    report.bytes = bytes.iter().sum();
-    // 3. Symlinks and hardlinks.
+    report.bytes = written.iter().map(|w| w.0).sum();
+    report.linked = written.iter().filter(|w| w.1).count() as u64;
+    // 3. Symlinks and hardlinks (an earlier attempt's are replaced: they are cheap).
     for (path, e) in &plan.entries {
         let (parent, name) = split(path);
         match &e.kind {
             EntryKind::Symlink { target } => {
                 let pfd = beneath.open_dir(parent).map_err(io_err(path))?;
+                if opts.resume {
+                    remove_if_present(&pfd, name).map_err(io_err(path))?;
+                }
                 rustix::fs::symlinkat(os(target), &pfd, os(name)).map_err(|e| io_err(path)(e.into()))?;
                 rustix::fs::utimensat(&pfd, os(name), &ts(&e.mtime), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| io_err(path)(e.into()))?;
@@ -285,6 +384,9 @@ pub fn write_plan(
                 let (tparent, tname) = split(target);
                 let tfd = beneath.open_dir(tparent).map_err(io_err(path))?;
                 let pfd = beneath.open_dir(parent).map_err(io_err(path))?;
+                if opts.resume {
+                    remove_if_present(&pfd, name).map_err(io_err(path))?;
+                }
                 // linkat without AT_SYMLINK_FOLLOW links the name itself, never what a symlink points to.
                 rustix::fs::linkat(&tfd, os(tname), &pfd, os(name), AtFlags::empty())
                     .map_err(|e| io_err(path)(e.into()))?;
@@ -305,20 +407,80 @@ pub fn write_plan(
     Ok(report)
 }
 
-fn write_file(
+/// Unlinks `name` in `dir` if it exists (a file or symlink of an interrupted attempt).
+fn remove_if_present(dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir, os(name), AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Puts one regular file in place: kept from an earlier attempt, hardlinked from an installed release, or
+/// written. Returns (bytes written, whether it was linked).
+fn place_file(
     repo: &Repository,
+    plan: &Plan,
     beneath: &Beneath,
     path: &[u8],
     e: &Entry,
+    opts: &WriteOptions,
+    progress: &dyn Progress,
+) -> Result<(u64, bool), MaterializeError> {
+    let EntryKind::File { size, .. } = &e.kind else { return Ok((0, false)) };
+    let io_err = |source: io::Error| MaterializeError::Io { path: show_path(path), source };
+    let mode = plan.installed_mode(path, e.mode, opts.readonly_products);
+    let (parent, name) = split(path);
+    let pfd = beneath.open_dir(parent).map_err(io_err)?;
+    if opts.resume {
+        match rustix::fs::statat(&pfd, os(name), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => {
+                let complete = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+                    && st.st_size as u64 == *size
+                    && (st.st_mode & 0o7777) == mode
+                    && st.st_mtime == e.mtime.secs
+                    && st.st_mtime_nsec as u32 == e.mtime.nanos;
+                if complete {
+                    progress.advance(*size);
+                    return Ok((0, false));
+                }
+                remove_if_present(&pfd, name).map_err(io_err)?;
+            }
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io_err(e.into())),
+        }
+    }
+    if let (Some(link), false) = (opts.link, plan.inline.contains_key(path)) {
+        if plan.in_product(path) {
+            if let Some((tree, src)) = file_key(e, mode).and_then(|k| link.find(&k)) {
+                let (sparent, sname) = split(src);
+                if let Ok(sfd) = tree.open_dir(sparent) {
+                    // A failed link (too many links, another filesystem) falls back to writing the file.
+                    if rustix::fs::linkat(&sfd, os(sname), &pfd, os(name), AtFlags::empty()).is_ok() {
+                        progress.advance(*size);
+                        return Ok((0, true));
+                    }
+                }
+            }
+        }
+    }
+    write_file(repo, plan, &pfd, path, e, mode, progress).map(|n| (n, false))
+}
+
+fn write_file(
+    repo: &Repository,
+    plan: &Plan,
+    pfd: &OwnedFd,
+    path: &[u8],
+    e: &Entry,
+    mode: u32,
     progress: &dyn Progress,
 ) -> Result<u64, MaterializeError> {
     use std::io::Write;
     let EntryKind::File { chunks, .. } = &e.kind else { return Ok(0) };
     let io_err = |source: io::Error| MaterializeError::Io { path: show_path(path), source };
-    let (parent, name) = split(path);
-    let pfd = beneath.open_dir(parent).map_err(io_err)?;
+    let (_, name) = split(path);
     let fd = rustix::fs::openat(
-        &pfd,
+        pfd,
         os(name),
         OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
@@ -326,13 +488,18 @@ fn write_file(
     .map_err(|e| io_err(e.into()))?;
     let mut f = std::fs::File::from(fd);
     let mut n = 0u64;
-    for c in chunks {
-        let data = repo.read_chunk(&c.id, Some(c.len))?;
-        f.write_all(&data).map_err(io_err)?;
-        n += data.len() as u64;
-        progress.advance(data.len() as u64);
+    if let Some(content) = plan.inline.get(path) {
+        f.write_all(content).map_err(io_err)?;
+        n = content.len() as u64;
+    } else {
+        for c in chunks {
+            let data = repo.read_chunk(&c.id, Some(c.len))?;
+            f.write_all(&data).map_err(io_err)?;
+            n += data.len() as u64;
+            progress.advance(data.len() as u64);
+        }
     }
-    rustix::fs::fchmod(&f, Mode::from_raw_mode(e.mode)).map_err(|e| io_err(e.into()))?;
+    rustix::fs::fchmod(&f, Mode::from_raw_mode(mode)).map_err(|e| io_err(e.into()))?;
     rustix::fs::futimens(&f, &ts(&e.mtime)).map_err(|e| io_err(e.into()))?;
     Ok(n)
 }

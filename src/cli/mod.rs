@@ -2,11 +2,12 @@
 //! (with `main.rs`) that prints or chooses exit codes.
 //!
 //! Exit codes: 0 success, 1 failure (the message says what and what to do), 2 bad usage, 3 `verify` found
-//! damage.
+//! damage, 4 a switch happened but the node's post_switch command failed.
 
 mod checkout;
 mod demo;
 mod keys;
+mod node;
 mod publish;
 mod repo;
 
@@ -41,13 +42,26 @@ enum Command {
     Export(checkout::ExportArgs),
     /// Re-hash every object and check every manifest; exit 3 if anything is damaged.
     Verify(repo::VerifyArgs),
-    /// Remove old releases and the objects only they used.
+    /// Remove old releases and the objects only they used (of a repository, or of a node).
     Gc(repo::GcArgs),
     /// Create an empty repository (publish creates one too).
     Init(repo::InitArgs),
     /// Make keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Set up a node root.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+    /// Install a release on a node (side by side with the others; not activated).
+    Install(node::InstallArgs),
+    /// Activate an installed release on a node, atomically.
+    Switch(node::SwitchArgs),
+    /// Switch back to the previously active release.
+    Rollback(node::RollbackArgs),
+    /// A node's active release, installed releases and switch history.
+    Status(node::StatusArgs),
+    /// Remove an installed release from a node (never the active or previous one).
+    Remove(node::RemoveArgs),
     /// Generate a sample EUPS tree, publish two releases of it, and show what deduplication saved.
     Demo(demo::Args),
 }
@@ -78,6 +92,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gc(a) => repo::gc(a),
         Command::Init(a) => repo::init(a),
         Command::Keys(c) => keys::run(c),
+        Command::Node(c) => node::init(c),
+        Command::Install(a) => node::install(a),
+        Command::Switch(a) => node::switch(a),
+        Command::Rollback(a) => node::rollback(a),
+        Command::Status(a) => node::status(a),
+        Command::Remove(a) => node::remove(a),
         Command::Demo(a) => demo::run(a),
     }
 }

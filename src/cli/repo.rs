@@ -328,8 +328,12 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
 #[derive(clap::Args, Debug)]
 pub struct GcArgs {
     /// The repository.
-    #[arg(long, env = "QPACK_REPO")]
-    repo: PathBuf,
+    #[arg(long, env = "QPACK_REPO", required_unless_present = "node", conflicts_with = "node")]
+    repo: Option<PathBuf>,
+    /// A node root instead: removes installed releases beyond --keep (never the active or previous one), then
+    /// the objects no installed release needs.
+    #[arg(long)]
+    node: Option<PathBuf>,
     /// Keep the N newest releases.
     #[arg(long, value_name = "N")]
     keep: Option<usize>,
@@ -348,7 +352,10 @@ pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
     if a.keep.is_none() && a.keep_release.is_empty() {
         anyhow::bail!("say what to keep: --keep N (the N newest releases) and/or --keep-release NAME");
     }
-    let repo = Repository::open(&a.repo)?;
+    if let Some(node) = &a.node {
+        return super::node::gc(node, a.keep.unwrap_or(0), a.json);
+    }
+    let repo = Repository::open(a.repo.as_ref().expect("clap requires --repo without --node"))?;
     let lock = repo.lock(LockMode::Exclusive)?;
     let report = crate::store::gc(&repo, a.keep.unwrap_or(0), &a.keep_release, a.dry_run)?;
     drop(lock);
