@@ -80,6 +80,7 @@ fn main() {
         key: None,
         parent: None,
         stat_cache: true,
+        config: None,
     };
     let r1 = publish(&repo, &tree, &popts("r1"), &NoProgress).expect("publish r1");
     let repo1 = du(&repo_dir);

@@ -55,6 +55,9 @@ pub struct PublishOptions<'a> {
     pub parent: Option<String>,
     /// Use and update the stat cache (directories only).
     pub stat_cache: bool,
+    /// A directory of configuration files published as the release's config part (`*.j2` files are templates
+    /// rendered at install), and where it is mounted in the tree.
+    pub config: Option<(PathBuf, Vec<u8>)>,
 }
 
 /// Files embedding the build prefix, for one part.
@@ -330,7 +333,7 @@ pub fn publish(
     let mut cache_hits = 0u64;
     let mut files_read = 0u64;
     let mut new_cache: Vec<(Vec<u8>, CachedFile)> = Vec::new();
-    let (items, version_files, cache) = if is_dir {
+    let (mut items, version_files, cache) = if is_dir {
         progress.phase("scanning", 0);
         let walk = scan::walk_dir(&abs, &opts.scan, &excluder);
         tracing::info!("walked {} entries in {:.2} s", walk.entries.len(), t0.elapsed().as_secs_f64());
@@ -363,7 +366,10 @@ pub fn publish(
         .filter(|(_, it)| matches!(it.item, Item::Dir))
         .map(|(p, it)| scan::SourceEntry { path: p.clone(), mode: it.mode, mtime: it.mtime, kind: SourceKind::Dir })
         .collect();
-    let plans = scan::find_parts(&paths, &version_files, &prefix);
+    let mut plans = scan::find_parts(&paths, &version_files, &prefix);
+    if let Some((dir, mount)) = &opts.config {
+        add_config(dir, mount, &mut items, &mut plans, &chunker, &opts.scan, &excluder, &mut files_read)?;
+    }
     let index = PartIndex::new(&plans);
     let mut per_part: Vec<Vec<Entry>> = vec![Vec::new(); plans.len()];
     let mut report = PublishReport::empty(&opts.name);
@@ -508,6 +514,58 @@ impl PublishReport {
             seconds: 0.0,
         }
     }
+}
+
+/// Chunks the configuration directory and adds it to `items` under `mount`, as one more part.
+#[allow(clippy::too_many_arguments)]
+fn add_config(
+    dir: &Path,
+    mount: &[u8],
+    items: &mut BTreeMap<Vec<u8>, TreeItem>,
+    plans: &mut Vec<PartPlan>,
+    chunker: &Chunker,
+    scan_opts: &ScanOptions,
+    excluder: &Excluder,
+    files_read: &mut u64,
+) -> Result<(), PublishError> {
+    check_rel_path(mount, false).map_err(|e| PublishError::Invalid(format!("--config-mount: {e}")))?;
+    if let Some(p) =
+        items.keys().find(|p| p.as_slice() == mount || (p.starts_with(mount) && p.get(mount.len()) == Some(&b'/')))
+    {
+        return Err(PublishError::Invalid(format!(
+            "the tree already has {} where the config layer would be mounted\nhelp: pick another --config-mount",
+            show_path(p)
+        )));
+    }
+    let nested = |a: &[u8], b: &[u8]| a == b || (a.starts_with(b) && a.get(b.len()) == Some(&b'/'));
+    if let Some(p) = plans.iter().find(|p| !p.mount.is_empty() && (nested(&p.mount, mount) || nested(mount, &p.mount)))
+    {
+        return Err(PublishError::Invalid(format!(
+            "--config-mount {} overlaps product directory {}",
+            show_path(mount),
+            show_path(&p.mount)
+        )));
+    }
+    let abs =
+        std::fs::canonicalize(dir).map_err(|e| PublishError::Io { path: dir.display().to_string(), source: e })?;
+    if !abs.is_dir() {
+        return Err(PublishError::Invalid(format!("--config {}: not a directory", dir.display())));
+    }
+    let walk = scan::walk_dir(&abs, scan_opts, excluder);
+    if !walk.problems.is_empty() {
+        return Err(PublishError::Problems(walk.problems));
+    }
+    let (mut hits, mut read, mut cache) = (0, 0, Vec::new());
+    let config_items = chunk_dir(&abs, walk.entries, chunker, None, &mut hits, &mut read, &mut cache)?;
+    *files_read += read;
+    for (path, mut it) in config_items {
+        if let Item::Link(t) = &it.item {
+            it.item = Item::Link(crate::manifest::join(mount, t));
+        }
+        items.insert(crate::manifest::join(mount, &path), it);
+    }
+    plans.push(PartPlan { mount: mount.to_vec(), kind: PartKind::Config });
+    Ok(())
 }
 
 /// `base`, or `product version`.

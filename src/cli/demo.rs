@@ -71,6 +71,7 @@ fn demo(dir: &std::path::Path, size: u64, json: bool) -> anyhow::Result<ExitCode
         key: None,
         parent: None,
         stat_cache: true,
+        config: None,
     };
     say("\n== qpack publish (release 1)".into());
     let r1 = publish(&repo, &tree, &opts("demo-1"), &NoProgress)?;

@@ -44,6 +44,14 @@ pub struct Args {
     /// Parent release (name or id); default: the newest release of the repository.
     #[arg(long)]
     parent: Option<String>,
+    /// Add this directory of configuration files to the release, as its config part; files ending in .j2 are
+    /// templates rendered on each node at install (variables: node.name, node.groups, vars.*, release.name,
+    /// release.id, prefix).
+    #[arg(long, value_name = "DIR")]
+    config: Option<PathBuf>,
+    /// Where the config part is mounted in the tree.
+    #[arg(long, value_name = "PATH", default_value = "config", requires = "config")]
+    config_mount: PathBuf,
     /// Read every file even if the stat cache says it is unchanged.
     #[arg(long)]
     no_stat_cache: bool,
@@ -68,6 +76,7 @@ pub fn run(a: Args, verbose: u8) -> anyhow::Result<ExitCode> {
         key: key.as_ref(),
         parent: a.parent.clone(),
         stat_cache: !a.no_stat_cache,
+        config: a.config.as_ref().map(|d| (d.clone(), a.config_mount.as_os_str().as_bytes().to_vec())),
     };
     let bar = Bar::new(a.json);
     let res = publish(&repo, &a.tree, &opts, &bar);
