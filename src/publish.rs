@@ -259,6 +259,18 @@ impl Chunker<'_> {
     }
 
     /// Chunks a file of a directory tree, detecting a change while it is read (then retrying once).
+    /// Turns an I/O error of reading `rel` into a tree problem, unless it carries a store error (the repository
+    /// failed, not the tree).
+    fn classify(rel: &[u8], e: io::Error) -> PublishError {
+        if e.get_ref().is_some_and(|i| i.is::<StoreError>()) {
+            if let Ok(store) = e.into_inner().expect("checked above").downcast::<StoreError>() {
+                return PublishError::Store(*store);
+            }
+            unreachable!("checked to be a StoreError");
+        }
+        PublishError::Io { path: show_path(rel), source: e }
+    }
+
     fn chunk_file(&self, full: &Path, rel: &[u8], mut expected: FileStat) -> Result<FileRead, PublishError> {
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let io_err = |source| PublishError::Io { path: show_path(rel), source };
@@ -278,7 +290,7 @@ impl Chunker<'_> {
             let md = f.metadata().map_err(io_err)?;
             let before = FileStat::of(&md);
             if before.same_file(&expected) && md.is_file() {
-                let (chunks, flags, n) = self.chunk_reader(&f, before.size).map_err(io_err)?;
+                let (chunks, flags, n) = self.chunk_reader(&f, before.size).map_err(|e| Self::classify(rel, e))?;
                 let after_md = f.metadata().map_err(io_err)?;
                 if n == before.size && FileStat::of(&after_md).same_file(&before) {
                     return Ok((chunks, flags, before, after_md.mode() & MODE_MASK));
@@ -297,6 +309,25 @@ impl Chunker<'_> {
 
 /// Publishes `source` into `repo` as release `opts.name`.
 pub fn publish(
+    repo: &Repository,
+    source: &Path,
+    opts: &PublishOptions,
+    progress: &dyn Progress,
+) -> Result<PublishReport, PublishError> {
+    publish_impl(repo, source, opts, progress).map_err(|e| match e {
+        PublishError::Store(StoreError::Io { path, source })
+            if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) =>
+        {
+            PublishError::Invalid(format!(
+                "the repository's filesystem is full ({}: {source}); nothing was published and the repository is as it was\nhelp: free space there (e.g. `qpack gc --repo … --keep N`) and publish again",
+                path.display()
+            ))
+        }
+        e => e,
+    })
+}
+
+fn publish_impl(
     repo: &Repository,
     source: &Path,
     opts: &PublishOptions,
@@ -779,9 +810,9 @@ fn read_tar(
                 let mut text = Vec::new();
                 (&mut entry).take(1 << 16).read_to_end(&mut text).map_err(io_err)?;
                 version_files.extend(scan::parse_version_file(&String::from_utf8_lossy(&text)));
-                chunker.chunk_reader(text.as_slice(), size).map_err(io_err)?
+                chunker.chunk_reader(text.as_slice(), size).map_err(|e| Chunker::classify(&path, e))?
             } else {
-                chunker.chunk_reader(&mut entry, size).map_err(io_err)?
+                chunker.chunk_reader(&mut entry, size).map_err(|e| Chunker::classify(&path, e))?
             };
             if n != size {
                 return Err(PublishError::Invalid(format!("{src}: {}: archive entry is truncated", show_path(&path))));

@@ -318,3 +318,48 @@ fn a_file_that_keeps_changing_while_read_is_an_error_and_the_repo_is_untouched()
     assert_listing_unchanged(&before, &repo);
     verify(&repo).ok();
 }
+
+/// Unmounts a tmpfs when the test ends, whatever happens.
+struct Mounted(PathBuf);
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_publish_cleanly_and_leaves_the_repo_as_it_was() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let t = TestDir::new();
+    let repo = t.join("repo");
+    fs::create_dir_all(&repo).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&repo)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: could not mount a tmpfs");
+        return;
+    }
+    let _guard = Mounted(repo.clone());
+    // A first small release fits.
+    let tree = t.join("tree");
+    small_tree(&tree);
+    publish(&tree, &repo, "r1", &[]);
+    let before = repo_listing(&repo);
+    // The next one does not: 8 MiB of bytes that do not compress.
+    write(&tree.join("Linux64/foo/1.0/lib/big.so"), &random_bytes(8 << 20, 3), 0o755);
+    let out = qpack(args!["publish", &tree, "--repo", &repo, "--release", "r2"]).fails();
+    let text = out.text().to_lowercase();
+    // The repository's disk is named as the cause, not the tree.
+    assert!(text.contains("filesystem is full") && text.contains("no space left"), "{text}");
+    assert!(!text.contains("cannot be published"), "{text}");
+    assert_listing_unchanged(&before, &repo);
+    verify(&repo).ok();
+    // The space of the failed attempt was given back: r1 still checks out.
+    checkout(&repo, "r1", &t.join("co"));
+}
