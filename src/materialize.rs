@@ -182,10 +182,16 @@ pub fn file_key(e: &Entry, mode: u32) -> Option<FileKey> {
 }
 
 /// Files of installed trees that a new install may hardlink instead of writing.
+///
+/// Each inode of an installed tree is linked into the new tree at most once: two distinct files of a release that
+/// happen to be identical (say two empty `__init__.py` of one product, same mode and mtime) stay two inodes, as in
+/// the source, and never become one hardlink group.
 #[derive(Default)]
 pub struct LinkSources {
     trees: Vec<Beneath>,
-    by_key: HashMap<FileKey, (usize, Vec<u8>)>,
+    by_key: HashMap<FileKey, Vec<(usize, Vec<u8>)>>,
+    /// (st_dev, st_ino) of the inodes already used by the tree being written.
+    claimed: std::sync::Mutex<std::collections::HashSet<(u64, u64)>>,
 }
 
 impl LinkSources {
@@ -196,15 +202,46 @@ impl LinkSources {
         for (path, e) in &plan.entries {
             if plan.in_product(path) && !plan.inline.contains_key(path) {
                 if let Some(key) = file_key(e, plan.installed_mode(path, e.mode, true)) {
-                    self.by_key.entry(key).or_insert((idx, path.clone()));
+                    self.by_key.entry(key).or_default().push((idx, path.clone()));
                 }
             }
         }
         Ok(())
     }
 
-    fn find(&self, key: &FileKey) -> Option<(&Beneath, &[u8])> {
-        self.by_key.get(key).map(|(i, p)| (&self.trees[*i], p.as_slice()))
+    /// Marks the inode of `st` as used by the tree being written; false if it already was.
+    #[allow(clippy::unnecessary_cast)] // dev_t and ino_t are not u64 everywhere
+    fn claim(&self, st: &rustix::fs::Stat) -> bool {
+        self.claimed.lock().unwrap_or_else(|e| e.into_inner()).insert((st.st_dev as u64, st.st_ino as u64))
+    }
+
+    /// Hardlinks `name` in `pfd` (the file at `path` of `plan`, with key `key`) to an identical installed file
+    /// whose inode the new tree does not use yet. The file at the same path is preferred; a file at another path
+    /// is taken only if the new tree has no identical file at that path (which will want it). False if none.
+    fn link(&self, plan: &Plan, readonly: bool, path: &[u8], key: &FileKey, pfd: &OwnedFd, name: &[u8]) -> bool {
+        let Some(cands) = self.by_key.get(key) else { return false };
+        let wanted_there = |p: &[u8]| {
+            plan.entries.binary_search_by(|(q, _)| q.as_slice().cmp(p)).is_ok_and(|i| {
+                let e = &plan.entries[i].1;
+                plan.in_product(p) && file_key(e, plan.installed_mode(p, e.mode, readonly)).as_ref() == Some(key)
+            })
+        };
+        let same = cands.iter().filter(|(_, p)| p == path);
+        let others = cands.iter().filter(|(_, p)| p != path && !wanted_there(p));
+        for (i, src) in same.chain(others) {
+            let (sparent, sname) = split(src);
+            let Ok(sfd) = self.trees[*i].open_dir(sparent) else { continue };
+            let Ok(st) = rustix::fs::statat(&sfd, os(sname), AtFlags::SYMLINK_NOFOLLOW) else { continue };
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile || !self.claim(&st)
+            {
+                continue;
+            }
+            // A failed link (too many links, another filesystem) falls back to the next source or to writing.
+            if rustix::fs::linkat(&sfd, os(sname), pfd, os(name), AtFlags::empty()).is_ok() {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -347,8 +384,15 @@ pub fn write_plan(
             match rustix::fs::mkdirat(&pfd, os(name), Mode::from_raw_mode(0o700)) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::EXIST) if opts.resume => {
-                    // Left by the earlier attempt: it must be a directory (never followed if a symlink), and
-                    // writable again in case that attempt had already set its final mode.
+                    // Left by the earlier attempt: a directory is made writable again in case that attempt had
+                    // already set its final mode; anything else there (a symlink is never followed) is replaced.
+                    let st = rustix::fs::statat(&pfd, os(name), AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(|e| io_err(path)(e.into()))?;
+                    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
+                        rustix::fs::unlinkat(&pfd, os(name), AtFlags::empty()).map_err(|e| io_err(path)(e.into()))?;
+                        rustix::fs::mkdirat(&pfd, os(name), Mode::from_raw_mode(0o700))
+                            .map_err(|e| io_err(path)(e.into()))?;
+                    }
                     let fd = beneath.open_dir(path).map_err(io_err(path))?;
                     rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700 | e.mode)).map_err(|e| io_err(path)(e.into()))?;
                 }
@@ -439,7 +483,10 @@ fn place_file(
                     && (st.st_mode & 0o7777) == mode
                     && st.st_mtime == e.mtime.secs
                     && st.st_mtime_nsec as u32 == e.mtime.nanos;
-                if complete {
+                // A kept file linked by the earlier attempt shares its inode with an installed release: no other
+                // file of this tree may be linked to that inode (else it is redone).
+                let own_inode = |l: &LinkSources| st.st_nlink <= 1 || l.claim(&st);
+                if complete && opts.link.is_none_or(own_inode) {
                     progress.advance(*size);
                     return Ok((0, false));
                 }
@@ -451,14 +498,10 @@ fn place_file(
     }
     if let (Some(link), false) = (opts.link, plan.inline.contains_key(path)) {
         if plan.in_product(path) {
-            if let Some((tree, src)) = file_key(e, mode).and_then(|k| link.find(&k)) {
-                let (sparent, sname) = split(src);
-                if let Ok(sfd) = tree.open_dir(sparent) {
-                    // A failed link (too many links, another filesystem) falls back to writing the file.
-                    if rustix::fs::linkat(&sfd, os(sname), &pfd, os(name), AtFlags::empty()).is_ok() {
-                        progress.advance(*size);
-                        return Ok((0, true));
-                    }
+            if let Some(key) = file_key(e, mode) {
+                if link.link(plan, opts.readonly_products, path, &key, &pfd, name) {
+                    progress.advance(*size);
+                    return Ok((0, true));
                 }
             }
         }

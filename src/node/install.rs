@@ -79,7 +79,19 @@ pub fn install(
             progress.phase("fetching", 0);
             let repo_lock = node.repo.lock(LockMode::Exclusive)?;
             let (_, fetched) =
-                super::fetch_release(&node.repo, &repo_lock, &super::LocalSource(src), &name, &id, &trust)?;
+                super::fetch_release(&node.repo, &repo_lock, &super::LocalSource(src), &name, &id, &trust).map_err(
+                    |e| match &e {
+                        super::FetchError::Store(crate::store::StoreError::Io { source, .. })
+                            if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) =>
+                        {
+                            NodeError::Refused(format!(
+                                "disk full while fetching {name} into the node's repository {}: {e}\nhelp: free space (e.g. `qpack gc --node … --keep N`) and install again; the active release is untouched",
+                                node.repo.root().display()
+                            ))
+                        }
+                        _ => e.into(),
+                    },
+                )?;
             report.chunks_fetched = fetched.chunks_fetched;
             report.bytes_fetched = fetched.bytes_fetched;
             (name, id)
@@ -114,7 +126,16 @@ pub fn install(
     }
     let releases = node.root().join("releases");
     let partial = releases.join(format!(".partial-{}", id.to_hex()));
-    report.resumed = partial.exists();
+    // Only a directory is resumed (never followed if a symlink); anything else there is replaced.
+    report.resumed = match std::fs::symlink_metadata(&partial) {
+        Ok(md) if md.is_dir() => true,
+        Ok(_) => {
+            std::fs::remove_file(&partial).map_err(NodeError::io(&partial))?;
+            false
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(NodeError::Io { path: partial, source: e }),
+    };
     if !report.resumed {
         std::fs::create_dir(&partial).map_err(NodeError::io(&partial))?;
     }
@@ -177,6 +198,8 @@ fn render_templates(
     };
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    // A config file keeps its last newline (minijinja, like Jinja2, drops it by default).
+    env.set_keep_trailing_newline(true);
     let mut n = 0;
     let mut entries: Vec<(Vec<u8>, Entry)> = Vec::with_capacity(plan.entries.len());
     for (path, e) in std::mem::take(&mut plan.entries) {

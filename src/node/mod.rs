@@ -237,7 +237,14 @@ impl Node {
 
     /// The release active before the current one (what `rollback` returns to).
     pub fn previous(&self) -> Result<Option<ReleaseId>, NodeError> {
-        Ok(self.history()?.last().and_then(|h| h.from.as_deref().and_then(ReleaseId::from_hex)))
+        let Some(last) = self.history()?.pop() else { return Ok(None) };
+        // A switch killed after its flip but before its history line: the prefix already names another release,
+        // and the one the history last made active is the one that was active before it.
+        let to = ReleaseId::from_hex(&last.to);
+        match (self.active(), to) {
+            (Some(active), Some(to)) if active != to => Ok(Some(to)),
+            _ => Ok(last.from.as_deref().and_then(ReleaseId::from_hex)),
+        }
     }
 
     /// The ref name of an installed release, if the node's repository has one.
@@ -267,6 +274,8 @@ impl Node {
         }
         // Out of sight first (one rename), then deleted: a crash leaves a partial directory, never a half tree.
         let doomed = self.root.join("releases").join(format!(".remove-{}", id.to_hex()));
+        // What an earlier removal of this release killed midway left would block the rename.
+        remove_tree(&doomed).map_err(NodeError::io(&doomed))?;
         std::fs::rename(&dir, &doomed).map_err(NodeError::io(&dir))?;
         fsx::fsync_dir(&self.root.join("releases")).map_err(NodeError::io(self.root.join("releases")))?;
         remove_tree(&doomed).map_err(NodeError::io(&doomed))
@@ -296,6 +305,14 @@ impl Node {
             }
             removed.push(self.label(id));
             self.remove_locked(id)?;
+        }
+        // Trees of removals killed midway.
+        let releases = self.root.join("releases");
+        for ent in std::fs::read_dir(&releases).map_err(NodeError::io(&releases))? {
+            let ent = ent.map_err(NodeError::io(&releases))?;
+            if ent.file_name().to_string_lossy().starts_with(".remove-") {
+                remove_tree(&ent.path()).map_err(NodeError::io(ent.path()))?;
+            }
         }
         // The repository keeps what installed releases (and half-installed ones) need.
         let mut keep_ids: Vec<ReleaseId> = self.installed()?;

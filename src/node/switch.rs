@@ -63,17 +63,35 @@ pub(super) fn read_history(root: &Path) -> Result<Vec<HistoryEntry>, NodeError> 
 
 fn append_history(root: &Path, entry: &HistoryEntry) -> Result<(), NodeError> {
     let path = root.join("history.jsonl");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(NodeError::io(&path))?;
+    let mut f =
+        std::fs::OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(NodeError::io(&path))?;
     let mut line = serde_json::to_string(entry).map_err(|e| NodeError::Refused(e.to_string()))?;
     line.push('\n');
+    // A last line torn by a crash is ended first, so that it does not swallow this one.
+    let len = f.metadata().map_err(NodeError::io(&path))?.len();
+    if len > 0 {
+        let mut last = [0u8];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut last, len - 1).map_err(NodeError::io(&path))?;
+        if last[0] != b'\n' {
+            line.insert(0, '\n');
+        }
+    }
     f.write_all(line.as_bytes()).map_err(NodeError::io(&path))?;
     f.sync_all().map_err(NodeError::io(&path))
 }
 
+/// Who is switching: the login name of the real uid from /etc/passwd (not `$USER`, which `su`, `setpriv` or
+/// sudo may leave pointing at someone else), else `uid N`.
 fn user_name() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()))
+    let uid = rustix::process::getuid().as_raw();
+    let from_passwd = std::fs::read_to_string("/etc/passwd").ok().and_then(|text| {
+        text.lines().find_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+        })
+    });
+    from_passwd.unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// Points the prefix at `target` atomically: symlink beside it, rename over it, sync the directory.
@@ -97,6 +115,21 @@ fn flip(prefix: &Path, target: &Path) -> Result<(), NodeError> {
     if let Err(e) = std::fs::rename(&tmp, prefix) {
         let _ = std::fs::remove_file(&tmp);
         return Err(NodeError::Io { path: prefix.to_owned(), source: e });
+    }
+    // Symlinks left by switches killed between their symlink and their rename (the node lock is held: none of
+    // them is in use).
+    let stale = format!(".{}.qpack-", name.to_string_lossy());
+    if let Ok(rd) = std::fs::read_dir(&parent) {
+        for ent in rd.flatten() {
+            let n = ent.file_name();
+            let Some(pid) = n.to_str().and_then(|n| n.strip_prefix(&stale)) else { continue };
+            if !pid.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+                && ent.file_type().is_ok_and(|t| t.is_symlink())
+            {
+                let _ = std::fs::remove_file(ent.path());
+            }
+        }
     }
     crate::fsx::fsync_dir(&parent).map_err(NodeError::io(&parent))
 }

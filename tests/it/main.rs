@@ -10,6 +10,7 @@ mod bad_input;
 mod corruption;
 mod crash;
 mod incremental;
+mod node;
 mod repo_cmds;
 mod roundtrip;
 mod signing;
