@@ -57,7 +57,7 @@ enum Command {
     /// Activate an installed release on a node, atomically.
     Switch(node::SwitchArgs),
     /// Switch back to the previously active release.
-    Rollback(node::RollbackArgs),
+    Rollback(node::SwitchFlags),
     /// A node's active release, installed releases and switch history.
     Status(node::StatusArgs),
     /// Remove an installed release from a node (never the active or previous one).

@@ -107,10 +107,9 @@ pub fn install(a: InstallArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Flags shared by `switch` and `rollback`.
 #[derive(clap::Args, Debug)]
-pub struct SwitchArgs {
-    /// Release name or id.
-    release: String,
+pub struct SwitchFlags {
     #[command(flatten)]
     node: NodeArg,
     /// Accept a release built for another prefix.
@@ -122,6 +121,20 @@ pub struct SwitchArgs {
     /// JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+impl SwitchFlags {
+    fn options(&self) -> SwitchOptions {
+        SwitchOptions { allow_relocate: self.allow_relocate, no_hooks: self.no_hooks }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SwitchArgs {
+    /// Release name or id.
+    release: String,
+    #[command(flatten)]
+    flags: SwitchFlags,
 }
 
 fn print_switch(r: &SwitchReport, json: bool) -> anyhow::Result<ExitCode> {
@@ -154,29 +167,14 @@ fn print_switch(r: &SwitchReport, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 pub fn switch(a: SwitchArgs) -> anyhow::Result<ExitCode> {
-    let n = Node::open(&a.node.node)?;
-    let r = node::switch(&n, &a.release, &SwitchOptions { allow_relocate: a.allow_relocate, no_hooks: a.no_hooks })?;
-    print_switch(&r, a.json)
+    let n = Node::open(&a.flags.node.node)?;
+    let r = node::switch(&n, &a.release, &a.flags.options())?;
+    print_switch(&r, a.flags.json)
 }
 
-#[derive(clap::Args, Debug)]
-pub struct RollbackArgs {
-    #[command(flatten)]
-    node: NodeArg,
-    /// Accept a release built for another prefix.
-    #[arg(long)]
-    allow_relocate: bool,
-    /// Do not run the node's post_switch command.
-    #[arg(long)]
-    no_hooks: bool,
-    /// JSON on stdout.
-    #[arg(long)]
-    json: bool,
-}
-
-pub fn rollback(a: RollbackArgs) -> anyhow::Result<ExitCode> {
+pub fn rollback(a: SwitchFlags) -> anyhow::Result<ExitCode> {
     let n = Node::open(&a.node.node)?;
-    let r = node::rollback(&n, &SwitchOptions { allow_relocate: a.allow_relocate, no_hooks: a.no_hooks })?;
+    let r = node::rollback(&n, &a.options())?;
     print_switch(&r, a.json)
 }
 

@@ -9,6 +9,7 @@ mod attack;
 mod bad_input;
 mod corruption;
 mod crash;
+mod forge;
 mod incremental;
 mod node;
 mod repo_cmds;

@@ -3,10 +3,9 @@
 //! input; kill -9, concurrent switches and a full disk (RELIABILITY cases 11, 16, 26, 27, 31-35, 39, 40).
 
 use crate::args;
+use crate::forge::*;
 use crate::util::*;
-use qpack::fsx::LockMode;
-use qpack::id::ChunkId;
-use qpack::manifest::{ChunkRef, Entry, EntryKind, Mtime, PartKind, PartManifest, PartRef, Release, SignedRelease};
+use qpack::manifest::{PartKind, PartRef};
 use qpack::store::{Repository, Transaction};
 use qpack::treegen::{generate, GenOptions};
 use serde_json::Value;
@@ -527,12 +526,7 @@ fn readers_never_see_a_missing_or_mixed_tree_while_switching() {
     assert_eq!(nd.status()["history"].as_array().unwrap().len(), SWITCHES + 1);
     assert_eq!(fs::read(nd.prefix.join("MARKER")).unwrap(), b"rA");
     // No temporary symlink is left next to the prefix.
-    let stray: Vec<_> = fs::read_dir(t.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".qpack-"))
-        .collect();
+    let stray = stray_temp_links(t.path());
     assert!(stray.is_empty(), "{stray:?}");
 }
 
@@ -587,47 +581,6 @@ fn switch_refuses_a_release_not_installed_or_built_for_another_prefix() {
     assert_eq!(h.len(), 2, "{h:#?}");
 }
 
-fn entry(path: &[u8], mode: u32, kind: EntryKind) -> Entry {
-    Entry { path: path.to_vec(), mode, mtime: Mtime { secs: 1_600_000_000, nanos: 0 }, kind }
-}
-
-fn dir_e(path: &[u8]) -> Entry {
-    entry(path, 0o755, EntryKind::Dir)
-}
-
-fn link_e(path: &[u8], target: &[u8]) -> Entry {
-    entry(path, 0o777, EntryKind::Symlink { target: target.to_vec() })
-}
-
-fn hard_e(path: &[u8], target: &[u8]) -> Entry {
-    entry(path, 0o644, EntryKind::Hardlink { target: target.to_vec() })
-}
-
-fn file_e(txn: &Transaction, path: &[u8], data: &[u8]) -> Entry {
-    let id = ChunkId::of(data);
-    txn.put_chunk(id, data, 3).unwrap();
-    entry(
-        path,
-        0o644,
-        EntryKind::File { size: data.len() as u64, flags: 0, chunks: vec![ChunkRef { id, len: data.len() as u32 }] },
-    )
-}
-
-fn part_e(txn: &Transaction, mount: &[u8], kind: PartKind, entries: Vec<Entry>) -> PartRef {
-    let (manifest, _) = txn.put_manifest(&PartManifest { entries }).unwrap();
-    PartRef { mount: mount.to_vec(), kind, manifest, n_files: 1, n_bytes: 0 }
-}
-
-/// Stores a release made of the parts `build` makes, unchecked, as a compromised publisher could.
-fn forge(repo: &Repository, name: &str, build: impl FnOnce(&Transaction) -> Vec<PartRef>) {
-    let lock = repo.lock(LockMode::Exclusive).unwrap();
-    let txn = repo.begin(&lock).unwrap();
-    let parts = build(&txn);
-    let r = Release { name: name.into(), created: 1_700_000_000, parent: None, prefix: Vec::new(), parts };
-    let id = txn.put_release(&SignedRelease { body: r.encode(), signature: None }).unwrap();
-    txn.commit(name, id).unwrap();
-}
-
 /// Every path below `dir` (for "nothing was written" checks), not descending into `skip`.
 fn listing(dir: &Path, skip: &[&Path]) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -661,41 +614,34 @@ fn hostile_releases_are_refused_before_anything_is_written() {
     let cases: Vec<(&str, Build, &str)> = vec![
         (
             "dotdot",
-            Box::new(|x| vec![part_e(x, b"", PartKind::Base, vec![dir_e(b""), file_e(x, b"../x", b"evil")])]),
+            Box::new(|x| vec![part(x, b"", PartKind::Base, vec![dir(b""), file(x, b"../x", b"evil")])]),
             "'..' component",
         ),
         (
             "deep-dotdot",
-            Box::new(|x| {
-                vec![part_e(x, b"", PartKind::Base, vec![dir_e(b""), dir_e(b"a"), file_e(x, b"a/../../x", b"evil")])]
-            }),
+            Box::new(|x| vec![part(x, b"", PartKind::Base, vec![dir(b""), dir(b"a"), file(x, b"a/../../x", b"evil")])]),
             "'..' component",
         ),
         (
             "absolute",
-            Box::new(move |x| vec![part_e(x, b"", PartKind::Base, vec![dir_e(b""), file_e(x, &pw, b"evil")])]),
+            Box::new(move |x| vec![part(x, b"", PartKind::Base, vec![dir(b""), file(x, &pw, b"evil")])]),
             "absolute path",
         ),
         (
             "through-symlink",
             Box::new(move |x| {
-                vec![part_e(
-                    x,
-                    b"",
-                    PartKind::Base,
-                    vec![dir_e(b""), link_e(b"d", &oa), file_e(x, b"d/passwd", b"evil")],
-                )]
+                vec![part(x, b"", PartKind::Base, vec![dir(b""), link(b"d", &oa), file(x, b"d/passwd", b"evil")])]
             }),
             "parent is not a directory",
         ),
         (
             "symlink-then-dir",
-            Box::new(move |x| vec![part_e(x, b"", PartKind::Base, vec![dir_e(b""), link_e(b"d", &ob), dir_e(b"d")])]),
+            Box::new(move |x| vec![part(x, b"", PartKind::Base, vec![dir(b""), link(b"d", &ob), dir(b"d")])]),
             "duplicated",
         ),
         (
             "hardlink-abs",
-            Box::new(|x| vec![part_e(x, b"", PartKind::Base, vec![dir_e(b""), hard_e(b"h", b"/etc/shadow")])]),
+            Box::new(|x| vec![part(x, b"", PartKind::Base, vec![dir(b""), hard(b"h", b"/etc/shadow")])]),
             "absolute path",
         ),
         (
@@ -703,8 +649,8 @@ fn hostile_releases_are_refused_before_anything_is_written() {
             "mount-under-symlink",
             Box::new(move |x| {
                 vec![
-                    part_e(x, b"", PartKind::Base, vec![dir_e(b""), link_e(b"Linux64", &out_abs)]),
-                    part_e(x, b"Linux64/p/1.0", product(), vec![dir_e(b""), file_e(x, b"x", b"evil")]),
+                    part(x, b"", PartKind::Base, vec![dir(b""), link(b"Linux64", &out_abs)]),
+                    part(x, b"Linux64/p/1.0", product(), vec![dir(b""), file(x, b"x", b"evil")]),
                 ]
             }),
             "not a directory",
@@ -712,9 +658,9 @@ fn hostile_releases_are_refused_before_anything_is_written() {
         (
             "setuid",
             Box::new(|x| {
-                let mut f = file_e(x, b"su", b"#!/bin/sh\n");
+                let mut f = file(x, b"su", b"#!/bin/sh\n");
                 f.mode = 0o4755;
-                vec![part_e(x, b"", PartKind::Base, vec![dir_e(b""), f])]
+                vec![part(x, b"", PartKind::Base, vec![dir(b""), f])]
             }),
             "setuid",
         ),
@@ -1040,12 +986,7 @@ fn killed_switch_leaves_the_prefix_on_one_release() {
     assert_eq!(h.len(), n_before + 1, "{h:#?}");
     assert_eq!(h.last().unwrap()["to_name"], now);
     // A completed switch cleans the temporary symlinks of killed ones.
-    let stray: Vec<_> = fs::read_dir(t.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".qpack-"))
-        .collect();
+    let stray = stray_temp_links(t.path());
     assert!(stray.is_empty(), "{stray:?}");
 }
 
@@ -1381,4 +1322,14 @@ fn identical_files_stay_distinct_inodes_even_when_resuming() {
     assert_installed(&t.join("tree-r3"), &nd.release_dir(&ids[2]));
     let mine: HashSet<_> = ["a", "b", "c"].iter().map(|f| inode(&ids[2], f)).collect();
     assert_eq!(mine.len(), 3, "two files of r3 share an inode");
+}
+
+/// Temporary symlinks (`.<prefix>.qpack-<pid>`) left next to a prefix in `dir`.
+fn stray_temp_links(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".qpack-"))
+        .collect()
 }
