@@ -125,8 +125,9 @@ pub struct Repository {
     root: PathBuf,
     /// Its settings.
     pub config: RepoConfig,
-    /// Every chunk, by id (the pack indexes), loaded at open.
-    index: RwLock<ChunkIndex>,
+    /// Every chunk, by id (the pack indexes), loaded on first use: commands that need no chunk (switch, status,
+    /// releases) do not pay for reading every pack index.
+    index: std::sync::OnceLock<RwLock<ChunkIndex>>,
     /// Open pack files, by pack number.
     open_packs: Mutex<HashMap<u32, Arc<File>>>,
 }
@@ -156,8 +157,16 @@ impl Repository {
         let config: RepoConfig = format::decode("repository config", MAGIC_REPO, &bytes, 1 << 16)
             .map_err(|source| StoreError::BadConfig { path: cfg_path.clone(), source })?;
         config.chunker.validate().map_err(StoreError::Invalid)?;
-        let index = ChunkIndex::load(&root.join("objects/packs"))?;
-        Ok(Self { root: root.to_owned(), config, index: RwLock::new(index), open_packs: Mutex::new(HashMap::new()) })
+        let packs = root.join("objects/packs");
+        if !packs.is_dir() {
+            return Err(StoreError::Io { path: packs, source: io::Error::from(io::ErrorKind::NotFound) });
+        }
+        Ok(Self {
+            root: root.to_owned(),
+            config,
+            index: std::sync::OnceLock::new(),
+            open_packs: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Opens the repository at `root`, creating it if `root` is missing or an empty directory. A non-empty
@@ -220,7 +229,7 @@ impl Repository {
         Ok(Self {
             root: root.to_owned(),
             config,
-            index: RwLock::new(ChunkIndex::default()),
+            index: std::sync::OnceLock::from(RwLock::new(ChunkIndex::default())),
             open_packs: Mutex::new(HashMap::new()),
         })
     }
@@ -251,14 +260,26 @@ impl Repository {
         self.packs_dir().join(format!("{name}.pack"))
     }
 
+    /// The chunk index, loaded from the pack indexes on first use. If they cannot be read (an I/O error: a
+    /// damaged index is rebuilt from its pack), the error is logged and the index is empty, so chunks read as
+    /// missing, which every reader reports.
+    fn index_lock(&self) -> &RwLock<ChunkIndex> {
+        self.index.get_or_init(|| {
+            RwLock::new(ChunkIndex::load(&self.packs_dir()).unwrap_or_else(|e| {
+                tracing::error!("cannot read the pack indexes of {}: {e}", self.root.display());
+                ChunkIndex::default()
+            }))
+        })
+    }
+
     /// The chunk index (read lock).
     pub fn chunk_index(&self) -> std::sync::RwLockReadGuard<'_, ChunkIndex> {
-        self.index.read().unwrap_or_else(|e| e.into_inner())
+        self.index_lock().read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn chunk_index_mut(&self) -> std::sync::RwLockWriteGuard<'_, ChunkIndex> {
         self.open_packs.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.index.write().unwrap_or_else(|e| e.into_inner())
+        self.index_lock().write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Re-reads the pack indexes from disk (after a gc rewrote packs).
