@@ -218,7 +218,17 @@ impl LinkSources {
     /// Hardlinks `name` in `pfd` (the file at `path` of `plan`, with key `key`) to an identical installed file
     /// whose inode the new tree does not use yet. The file at the same path is preferred; a file at another path
     /// is taken only if the new tree has no identical file at that path (which will want it). False if none.
-    fn link(&self, plan: &Plan, readonly: bool, path: &[u8], key: &FileKey, pfd: &OwnedFd, name: &[u8]) -> bool {
+    #[allow(clippy::too_many_arguments)]
+    fn link(
+        &self,
+        plan: &Plan,
+        readonly: bool,
+        path: &[u8],
+        key: &FileKey,
+        pfd: &OwnedFd,
+        name: &[u8],
+        cache: &mut DirCache,
+    ) -> bool {
         let Some(cands) = self.by_key.get(key) else { return false };
         let wanted_there = |p: &[u8]| {
             plan.entries.binary_search_by(|(q, _)| q.as_slice().cmp(p)).is_ok_and(|i| {
@@ -230,18 +240,36 @@ impl LinkSources {
         let others = cands.iter().filter(|(_, p)| p != path && !wanted_there(p));
         for (i, src) in same.chain(others) {
             let (sparent, sname) = split(src);
-            let Ok(sfd) = self.trees[*i].open_dir(sparent) else { continue };
-            let Ok(st) = rustix::fs::statat(&sfd, os(sname), AtFlags::SYMLINK_NOFOLLOW) else { continue };
+            let Ok(sfd) = cache.open(*i, &self.trees[*i], sparent) else { continue };
+            let Ok(st) = rustix::fs::statat(sfd, os(sname), AtFlags::SYMLINK_NOFOLLOW) else { continue };
             if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile || !self.claim(&st)
             {
                 continue;
             }
             // A failed link (too many links, another filesystem) falls back to the next source or to writing.
-            if rustix::fs::linkat(&sfd, os(sname), pfd, os(name), AtFlags::empty()).is_ok() {
+            if rustix::fs::linkat(sfd, os(sname), pfd, os(name), AtFlags::empty()).is_ok() {
                 return true;
             }
         }
         false
+    }
+}
+
+/// The directories one worker opened last: files are handed out in path order, so consecutive files mostly
+/// share their parent (and their link source's parent), and reopening it with openat2 per file cost ~16% of an
+/// install that hardlinks most files.
+#[derive(Default)]
+struct DirCache {
+    last: Option<(usize, Vec<u8>, OwnedFd)>,
+}
+
+impl DirCache {
+    /// The directory `parent` beneath `beneath` (tree number `tree`, for caches shared by several trees).
+    fn open(&mut self, tree: usize, beneath: &Beneath, parent: &[u8]) -> io::Result<&OwnedFd> {
+        if self.last.as_ref().is_none_or(|(t, p, _)| *t != tree || p.as_slice() != parent) {
+            self.last = Some((tree, parent.to_vec(), beneath.open_dir(parent)?));
+        }
+        Ok(&self.last.as_ref().expect("set above").2)
     }
 }
 
@@ -405,7 +433,10 @@ pub fn write_plan(
         plan.entries.iter().filter(|(_, e)| matches!(e.kind, EntryKind::File { .. })).collect();
     let written = files
         .par_iter()
-        .map(|(path, e)| place_file(repo, plan, beneath, path, e, opts, progress))
+        .map_init(
+            || (DirCache::default(), DirCache::default()),
+            |(dest, src), (path, e)| place_file(repo, plan, beneath, path, e, opts, dest, src, progress),
+        )
         .collect::<Result<Vec<(u64, bool)>, MaterializeError>>()?;
     report.files = files.len() as u64;
     report.bytes = written.iter().map(|w| w.0).sum();
@@ -461,6 +492,7 @@ fn remove_if_present(dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
 
 /// Puts one regular file in place: kept from an earlier attempt, hardlinked from an installed release, or
 /// written. Returns (bytes written, whether it was linked).
+#[allow(clippy::too_many_arguments)]
 fn place_file(
     repo: &Repository,
     plan: &Plan,
@@ -468,15 +500,17 @@ fn place_file(
     path: &[u8],
     e: &Entry,
     opts: &WriteOptions,
+    dest_dirs: &mut DirCache,
+    src_dirs: &mut DirCache,
     progress: &dyn Progress,
 ) -> Result<(u64, bool), MaterializeError> {
     let EntryKind::File { size, .. } = &e.kind else { return Ok((0, false)) };
     let io_err = |source: io::Error| MaterializeError::Io { path: show_path(path), source };
     let mode = plan.installed_mode(path, e.mode, opts.readonly_products);
     let (parent, name) = split(path);
-    let pfd = beneath.open_dir(parent).map_err(io_err)?;
+    let pfd = dest_dirs.open(0, beneath, parent).map_err(io_err)?;
     if opts.resume {
-        match rustix::fs::statat(&pfd, os(name), AtFlags::SYMLINK_NOFOLLOW) {
+        match rustix::fs::statat(pfd, os(name), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => {
                 let complete = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
                     && st.st_size as u64 == *size
@@ -490,7 +524,7 @@ fn place_file(
                     progress.advance(*size);
                     return Ok((0, false));
                 }
-                remove_if_present(&pfd, name).map_err(io_err)?;
+                remove_if_present(pfd, name).map_err(io_err)?;
             }
             Err(rustix::io::Errno::NOENT) => {}
             Err(e) => return Err(io_err(e.into())),
@@ -499,14 +533,14 @@ fn place_file(
     if let (Some(link), false) = (opts.link, plan.inline.contains_key(path)) {
         if plan.in_product(path) {
             if let Some(key) = file_key(e, mode) {
-                if link.link(plan, opts.readonly_products, path, &key, &pfd, name) {
+                if link.link(plan, opts.readonly_products, path, &key, pfd, name, src_dirs) {
                     progress.advance(*size);
                     return Ok((0, true));
                 }
             }
         }
     }
-    write_file(repo, plan, &pfd, path, e, mode, progress).map(|n| (n, false))
+    write_file(repo, plan, pfd, path, e, mode, progress).map(|n| (n, false))
 }
 
 fn write_file(
