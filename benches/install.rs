@@ -24,6 +24,9 @@
 //! Run: `cargo bench --bench install` (env: QPACK_BENCH_SIZE=1G, QPACK_BENCH_DIR=/tmp/qpack-bench-install,
 //! QPACK_BENCH_RUNS=3, QPACK_BENCH_JSON=1 for JSON, QPACK_BENCH_KEEP=1 to keep the directory afterwards).
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{du, have, sh};
 use qpack::chunk::ChunkerParams;
 use qpack::fsx::LockMode;
 use qpack::id::ReleaseId;
@@ -32,28 +35,11 @@ use qpack::node::{
     fetch_release, install, switch, InstallOptions, LocalSource, Node, NodeConfig, SwitchOptions, Trust,
 };
 use qpack::publish::{publish, NoProgress, PublishOptions};
-use qpack::scan::ScanOptions;
 use qpack::store::Repository;
 use qpack::treegen::{generate, parse_size, GenOptions};
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
-
-fn du(path: &Path) -> u64 {
-    let out = Command::new("du").arg("-sb").arg(path).output().expect("du");
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(0)
-}
-
-fn sh(cmd: &str) -> f64 {
-    let t = Instant::now();
-    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
-    assert!(st.success(), "failed: {cmd}");
-    t.elapsed().as_secs_f64()
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool} >/dev/null")).status().is_ok_and(|s| s.success())
-}
 
 /// Writes back everything dirty on the filesystem of `dir` (untimed), so the next timed run starts clean.
 fn settle(dir: &Path) {
@@ -134,14 +120,8 @@ fn main() {
     eprintln!("generated release 1: {} files, {} MiB in {t_gen1:.1}s", st1.files, st1.bytes >> 20);
     let pub_repo = Repository::open_or_init(&pub_dir, ChunkerParams::default()).unwrap();
     let popts = |name: &str| PublishOptions {
-        name: name.into(),
         prefix: Some(prefix.as_os_str().as_encoded_bytes().to_vec()),
-        level: 1,
-        scan: ScanOptions::default(),
-        key: None,
-        parent: None,
-        stat_cache: true,
-        config: None,
+        ..PublishOptions::named(name)
     };
     let p1 = publish(&pub_repo, &tree, &popts("r1"), &NoProgress).expect("publish r1");
     let r1 = ReleaseId::from_hex(&p1.id).unwrap();

@@ -13,33 +13,18 @@
 //! Run: `cargo bench --bench publish` (env: QPACK_BENCH_SIZE=1G, QPACK_BENCH_DIR=/tmp/qpack-bench,
 //! QPACK_BENCH_LEVEL=1 (publish's default), QPACK_BENCH_JSON=1 for JSON).
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{du, have, sh};
 use qpack::chunk::ChunkerParams;
 use qpack::manifest::EntryKind;
 use qpack::materialize::Plan;
 use qpack::publish::{publish, NoProgress, PublishOptions};
-use qpack::scan::ScanOptions;
 use qpack::store::Repository;
 use qpack::treegen::{generate, parse_size, GenOptions};
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
-
-fn du(path: &Path) -> u64 {
-    let out = Command::new("du").arg("-sb").arg(path).output().expect("du");
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(0)
-}
-
-fn sh(cmd: &str) -> f64 {
-    let t = Instant::now();
-    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
-    assert!(st.success(), "failed: {cmd}");
-    t.elapsed().as_secs_f64()
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool} >/dev/null")).status().is_ok_and(|s| s.success())
-}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -72,16 +57,8 @@ fn main() {
     let tar_size = std::fs::metadata(&tar_zst).unwrap().len();
 
     let repo = Repository::open_or_init(&repo_dir, ChunkerParams::default()).unwrap();
-    let popts = |name: &str| PublishOptions {
-        name: name.into(),
-        prefix: Some(b"/qserv/stack".to_vec()),
-        level,
-        scan: ScanOptions::default(),
-        key: None,
-        parent: None,
-        stat_cache: true,
-        config: None,
-    };
+    let popts =
+        |name: &str| PublishOptions { prefix: Some(b"/qserv/stack".to_vec()), level, ..PublishOptions::named(name) };
     let r1 = publish(&repo, &tree, &popts("r1"), &NoProgress).expect("publish r1");
     let repo1 = du(&repo_dir);
 

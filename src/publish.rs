@@ -60,6 +60,23 @@ pub struct PublishOptions<'a> {
     pub config: Option<(PathBuf, Vec<u8>)>,
 }
 
+impl PublishOptions<'_> {
+    /// The defaults of `qpack publish` for release `name`: build prefix from the tree, zstd level 1, default
+    /// exclusions, unsigned, parent = the newest release, stat cache on, no config layer.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            prefix: None,
+            level: 1,
+            scan: ScanOptions::default(),
+            key: None,
+            parent: None,
+            stat_cache: true,
+            config: None,
+        }
+    }
+}
+
 /// Files embedding the build prefix, for one part.
 #[derive(Debug, Serialize)]
 pub struct PrefixFiles {

@@ -5,7 +5,6 @@
 use super::{human, print_json, publish::print_summary};
 use crate::materialize::{checkout, MaterializeOptions};
 use crate::publish::{publish, NoProgress, PublishOptions, PublishReport};
-use crate::scan::ScanOptions;
 use crate::store::Repository;
 use crate::treegen::{generate, parse_size, GenOptions};
 use anyhow::Context;
@@ -63,16 +62,8 @@ fn demo(dir: &std::path::Path, size: u64, json: bool) -> anyhow::Result<ExitCode
     ));
 
     let repo = Repository::open_or_init(&repo_dir, crate::chunk::ChunkerParams::default())?;
-    let opts = |name: &str| PublishOptions {
-        name: name.into(),
-        prefix: Some(gen.prefix.clone().into_bytes()),
-        level: 1,
-        scan: ScanOptions::default(),
-        key: None,
-        parent: None,
-        stat_cache: true,
-        config: None,
-    };
+    let opts =
+        |name: &str| PublishOptions { prefix: Some(gen.prefix.clone().into_bytes()), ..PublishOptions::named(name) };
     say("\n== qpack publish (release 1)".into());
     let r1 = publish(&repo, &tree, &opts("demo-1"), &NoProgress)?;
     if !json {
