@@ -5,7 +5,7 @@
 //! reported all at once. Never reads file contents (except small `ups_db` version files) and never writes.
 
 use crate::manifest::{check_rel_path, show_path, Mtime, PartKind, MODE_MASK, MODE_SETID};
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -123,7 +123,6 @@ impl Excluder {
                 by_name.add(g);
             }
         }
-        let _ = Glob::new; // (globset's plain constructor is not used: separators must be literal)
         Ok(Self {
             by_name: by_name.build().map_err(|e| e.to_string())?,
             by_path: by_path.build().map_err(|e| e.to_string())?,
