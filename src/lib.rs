@@ -13,6 +13,7 @@ pub mod id;
 pub mod keys;
 pub mod manifest;
 pub mod materialize;
+pub mod net;
 pub mod node;
 pub mod publish;
 pub mod scan;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = qpack::cli::Cli::parse();
-    qpack::cli::init_tracing(cli.verbose);
+    qpack::cli::init_tracing(cli.log_level());
     match qpack::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -2,9 +2,11 @@
 //! (with `main.rs`) that prints or chooses exit codes.
 //!
 //! Exit codes: 0 success, 1 failure (the message says what and what to do), 2 bad usage, 3 `verify` found
-//! damage, 4 a switch happened but the node's post_switch command failed.
+//! damage, 4 a switch happened but the node's post_switch command failed. `ensure` exits 2 when it changed
+//! the node (for Puppet's `exec`), which is not an error.
 
 mod checkout;
+mod cluster;
 mod demo;
 mod keys;
 mod node;
@@ -54,16 +56,32 @@ enum Command {
     Node(node::NodeCommand),
     /// Install a release on a node (side by side with the others; not activated).
     Install(node::InstallArgs),
-    /// Activate an installed release on a node, atomically.
+    /// Activate an installed release, atomically: on this node (--node) or on agents (--cluster --nodes).
     Switch(node::SwitchArgs),
-    /// Switch back to the previously active release.
+    /// Switch back to the previously active release (--node, or --cluster --nodes).
     Rollback(node::SwitchFlags),
-    /// A node's active release, installed releases and switch history.
+    /// A node's releases and history (--node), or one line per node of the cluster (--cluster).
     Status(node::StatusArgs),
+    /// Run the node service: serve peers over QUIC, stage releases from the swarm, obey operators.
+    Agent(cluster::AgentArgs),
+    /// Order nodes to fetch and install a release from their peers, then (--activate) switch them all.
+    Deploy(cluster::DeployArgs),
+    /// Make sure a release is installed (and --activate: active); exit 0 if it was, 2 if this changed it.
+    Ensure(cluster::EnsureArgs),
     /// Remove an installed release from a node (never the active or previous one).
     Remove(node::RemoveArgs),
-    /// Generate a sample EUPS tree, publish two releases of it, and show what deduplication saved.
+    /// A local cluster on loopback: keys, a seed and N agents, a generated tree published and deployed twice.
     Demo(demo::Args),
+}
+
+impl Cli {
+    /// Logging level asked for: the agent logs at info by default (it is a service).
+    pub fn log_level(&self) -> u8 {
+        match self.command {
+            Command::Agent(_) => self.verbose.max(1),
+            _ => self.verbose,
+        }
+    }
 }
 
 /// Starts logging to stderr: warnings by default, more with -v, or as RUST_LOG says.
@@ -98,6 +116,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback(a) => node::rollback(a),
         Command::Status(a) => node::status(a),
         Command::Remove(a) => node::remove(a),
+        Command::Agent(a) => cluster::agent(a),
+        Command::Deploy(a) => cluster::deploy(a),
+        Command::Ensure(a) => cluster::ensure(a),
         Command::Demo(a) => demo::run(a),
     }
 }

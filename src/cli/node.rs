@@ -110,8 +110,11 @@ pub fn install(a: InstallArgs) -> anyhow::Result<ExitCode> {
 /// Flags shared by `switch` and `rollback`.
 #[derive(clap::Args, Debug)]
 pub struct SwitchFlags {
+    /// The node root (this machine); without it, --cluster orders the agents of --nodes.
+    #[arg(long, env = "QPACK_NODE")]
+    node: Option<PathBuf>,
     #[command(flatten)]
-    node: NodeArg,
+    cluster: super::cluster::ClusterArgs,
     /// Accept a release built for another prefix.
     #[arg(long)]
     allow_relocate: bool,
@@ -166,22 +169,39 @@ fn print_switch(r: &SwitchReport, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn local_node(node: &Option<PathBuf>) -> anyhow::Result<&PathBuf> {
+    node.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "give --node DIR (this machine) or --cluster FILE --nodes … (agents); or set QPACK_NODE / QPACK_CLUSTER"
+        )
+    })
+}
+
 pub fn switch(a: SwitchArgs) -> anyhow::Result<ExitCode> {
-    let n = Node::open(&a.flags.node.node)?;
+    if a.flags.node.is_none() && a.flags.cluster.cluster.is_some() {
+        return super::cluster::remote_switch(&a.flags.cluster, Some(&a.release), a.flags.json);
+    }
+    let n = Node::open(local_node(&a.flags.node)?)?;
     let r = node::switch(&n, &a.release, &a.flags.options())?;
     print_switch(&r, a.flags.json)
 }
 
 pub fn rollback(a: SwitchFlags) -> anyhow::Result<ExitCode> {
-    let n = Node::open(&a.node.node)?;
+    if a.node.is_none() && a.cluster.cluster.is_some() {
+        return super::cluster::remote_switch(&a.cluster, None, a.json);
+    }
+    let n = Node::open(local_node(&a.node)?)?;
     let r = node::rollback(&n, &a.options())?;
     print_switch(&r, a.json)
 }
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
+    /// The node root (this machine); without it, --cluster asks every agent of the cluster file.
+    #[arg(long, env = "QPACK_NODE")]
+    node: Option<PathBuf>,
     #[command(flatten)]
-    node: NodeArg,
+    cluster: super::cluster::ClusterArgs,
     /// JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -210,7 +230,10 @@ struct Status {
 }
 
 pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let n = Node::open(&a.node.node)?;
+    if a.node.is_none() && a.cluster.cluster.is_some() {
+        return super::cluster::remote_status(&a.cluster, a.json);
+    }
+    let n = Node::open(local_node(&a.node)?)?;
     let active = n.active();
     let previous = n.previous()?;
     let mut installed: Vec<InstalledRow> = n

@@ -128,6 +128,8 @@ pub struct Repository {
     /// Every chunk, by id (the pack indexes), loaded on first use: commands that need no chunk (switch, status,
     /// releases) do not pay for reading every pack index.
     index: std::sync::OnceLock<RwLock<ChunkIndex>>,
+    /// The pack directory's mtime when the index was last read (see [`Repository::refresh`]).
+    index_stamp: Mutex<Option<std::time::SystemTime>>,
     /// Open pack files, by pack number.
     open_packs: Mutex<HashMap<u32, Arc<File>>>,
 }
@@ -165,6 +167,7 @@ impl Repository {
             root: root.to_owned(),
             config,
             index: std::sync::OnceLock::new(),
+            index_stamp: Mutex::new(None),
             open_packs: Mutex::new(HashMap::new()),
         })
     }
@@ -230,6 +233,7 @@ impl Repository {
             root: root.to_owned(),
             config,
             index: std::sync::OnceLock::from(RwLock::new(ChunkIndex::default())),
+            index_stamp: Mutex::new(None),
             open_packs: Mutex::new(HashMap::new()),
         })
     }
@@ -265,6 +269,7 @@ impl Repository {
     /// missing, which every reader reports.
     fn index_lock(&self) -> &RwLock<ChunkIndex> {
         self.index.get_or_init(|| {
+            *self.index_stamp.lock().unwrap_or_else(|e| e.into_inner()) = self.packs_stamp();
             RwLock::new(ChunkIndex::load(&self.packs_dir()).unwrap_or_else(|e| {
                 tracing::error!("cannot read the pack indexes of {}: {e}", self.root.display());
                 ChunkIndex::default()
@@ -282,8 +287,26 @@ impl Repository {
         self.index_lock().write().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn packs_stamp(&self) -> Option<std::time::SystemTime> {
+        std::fs::metadata(self.packs_dir()).and_then(|m| m.modified()).ok()
+    }
+
+    /// Re-reads the pack indexes if another process changed the pack directory since they were read (a
+    /// long-running agent serves a repository that `publish` or `gc` change). Returns whether it did.
+    pub fn refresh(&self) -> Result<bool, StoreError> {
+        let now = self.packs_stamp();
+        let old = *self.index_stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if self.index.get().is_some() && now == old {
+            return Ok(false);
+        }
+        self.reload_index()?;
+        Ok(true)
+    }
+
     /// Re-reads the pack indexes from disk (after a gc rewrote packs).
     pub fn reload_index(&self) -> Result<(), StoreError> {
+        // Stamp first: a change during the load makes the next refresh load again.
+        *self.index_stamp.lock().unwrap_or_else(|e| e.into_inner()) = self.packs_stamp();
         let fresh = ChunkIndex::load(&self.packs_dir())?;
         *self.chunk_index_mut() = fresh;
         Ok(())
@@ -335,12 +358,18 @@ impl Repository {
 
     /// The chunk object's bytes exactly as stored (what a node serves to its peers), unverified.
     pub fn read_chunk_object(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
-        let (loc, name) = {
+        let find = || {
             let idx = self.chunk_index();
-            let Some(loc) = idx.get(id) else {
-                return Err(StoreError::Missing { kind: "chunk", id: id.to_hex(), path: self.packs_dir() });
-            };
-            (loc, idx.packs[loc.pack as usize].clone())
+            idx.get(id).map(|loc| (loc, idx.packs[loc.pack as usize].clone()))
+        };
+        // Not in the index: another process may have added it since the index was read.
+        let found = match find() {
+            Some(f) => Some(f),
+            None if self.refresh().unwrap_or(false) => find(),
+            None => None,
+        };
+        let Some((loc, name)) = found else {
+            return Err(StoreError::Missing { kind: "chunk", id: id.to_hex(), path: self.packs_dir() });
         };
         let path = self.pack_path(&name);
         let file = {

@@ -125,7 +125,17 @@ impl<'r> Transaction<'r> {
 
     /// Makes every staged object durable, then visible, then points `ref_name` at `release` — in that order,
     /// so that a crash at any point leaves either the old state or a state where the ref names a complete release.
-    pub fn commit(mut self, ref_name: &str, release: ReleaseId) -> Result<(), StoreError> {
+    pub fn commit(self, ref_name: &str, release: ReleaseId) -> Result<(), StoreError> {
+        self.finish(Some((ref_name, release)))
+    }
+
+    /// Makes every staged object durable and visible without naming a release: for work in progress that must
+    /// survive a crash (a node's fetch commits what it verified every few seconds, and resumes from it).
+    pub fn commit_objects(self) -> Result<(), StoreError> {
+        self.finish(None)
+    }
+
+    fn finish(mut self, named: Option<(&str, ReleaseId)>) -> Result<(), StoreError> {
         let root = self.repo.root.clone();
         if let Some(w) = self.writer.lock().expect("pack writer").take() {
             if !w.is_empty() {
@@ -155,7 +165,9 @@ impl<'r> Transaction<'r> {
                 idx.insert_pack(p.name, &p.entries);
             }
         }
-        self.repo.write_ref(ref_name, release)?;
+        if let Some((ref_name, release)) = named {
+            self.repo.write_ref(ref_name, release)?;
+        }
         self.committed = true;
         let _ = std::fs::remove_dir_all(&self.dir);
         Ok(())

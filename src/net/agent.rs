@@ -1,0 +1,809 @@
+//! `qpack agent`: the service on every node (and on the build machine, as the first seed).
+//!
+//! It serves what its repository has — releases, manifests, chunks — to the peers of the cluster file, takes
+//! stage, switch and rollback orders from operators, and stages a release by fetching what it lacks from all
+//! its peers at once ([`super::swarm`]). Everything it receives is verified before it is stored or served.
+//! Blocking file work runs on tokio's blocking pool; the async threads only move bytes.
+
+use super::client::{self, Dialer};
+use super::config::{AgentConfig, Cluster, ClusterNode, DesiredFile, Faults};
+use super::swarm::{self, ChunkList};
+use super::tls::{Identity, PeerCert, Role, ALPN};
+use super::wire::{
+    self, Bitmap, Desired, NodeStatus, PeerStats, Progress, Request, Response, Staged, Switched, E_BUSY, E_FORBIDDEN,
+    E_INTERNAL, E_MALFORMED, E_NOT_FOUND, MAX_BATCH, MAX_REQUEST,
+};
+use crate::id::{ChunkId, ManifestId, ReleaseId};
+use crate::manifest::{PartManifest, SignedRelease};
+use crate::node::{Node, NodeConfig, Trust};
+use crate::store::Repository;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, watch, Semaphore};
+
+/// Chunk batches served at once by one agent; more requests are answered "busy" and go elsewhere.
+const UPLOAD_SLOTS: usize = 8;
+/// How long a peer that sent a bad chunk is avoided.
+const BAN: Duration = Duration::from_secs(600);
+
+/// A staging in progress.
+pub(crate) struct Job {
+    pub(crate) name: String,
+    /// Set once the release and its manifests are stored: its id and chunk list.
+    pub(crate) target: OnceLock<(ReleaseId, Arc<ChunkList>)>,
+    /// Which chunks of the list this node has (valid once `target` is set).
+    pub(crate) have: Mutex<Bitmap>,
+    /// Announces each chunk as it is stored, to subscribers; `None` once the fetch is over.
+    pub(crate) announce: Mutex<Option<broadcast::Sender<u32>>>,
+    pub(crate) progress: watch::Sender<Progress>,
+    result: watch::Sender<Option<Result<Staged, String>>>,
+}
+
+impl Job {
+    pub(crate) fn set_progress(&self, f: impl FnOnce(&mut Progress)) {
+        self.progress.send_modify(f);
+    }
+}
+
+/// A running agent.
+pub struct Agent {
+    pub(crate) name: String,
+    node: Option<Arc<Node>>,
+    seed: Option<Arc<Repository>>,
+    pub(crate) trust: Trust,
+    pub(crate) dialer: Dialer,
+    /// The other agents of the cluster file.
+    pub(crate) peers: Vec<ClusterNode>,
+    conns: HashMap<String, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>,
+    pub(crate) stats: Mutex<BTreeMap<String, PeerStats>>,
+    pub(crate) banned: Mutex<HashMap<String, Instant>>,
+    /// Verified chunks not yet committed to the repository: served from here meanwhile.
+    pub(crate) pending: Mutex<HashMap<ChunkId, Arc<Vec<u8>>>>,
+    lists: Mutex<Vec<(ReleaseId, Arc<ChunkList>)>>,
+    job: Mutex<Option<Arc<Job>>>,
+    last: Mutex<(Option<Progress>, Option<String>)>,
+    upload: Arc<Semaphore>,
+    /// Chunk batches being received at once, all peers together (bounds memory).
+    pub(crate) inflight: Arc<Semaphore>,
+    refused: AtomicU64,
+    served: AtomicU64,
+    faults: Faults,
+    desired: Mutex<Option<Desired>>,
+    endpoint: Option<quinn::Endpoint>,
+}
+
+impl Agent {
+    /// Sets up an agent from its config: loads the cluster file and identity, opens (or makes) the node root or
+    /// the seed repository, binds the UDP socket. `listen = false` makes a client-only agent (`qpack ensure`).
+    pub fn new(cfg: &AgentConfig, listen: bool) -> anyhow::Result<Arc<Self>> {
+        let cluster = Cluster::load(&cfg.cluster)?;
+        let me = cluster.node(&cfg.name).cloned().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: node {:?} is not in the cluster file {}",
+                cfg.path().display(),
+                cfg.name,
+                cluster.path().display()
+            )
+        })?;
+        let ident = Identity::load(&cluster.ca, &cfg.cert, &cfg.key)?;
+        if ident.name != cfg.name || ident.role != Role::Node {
+            anyhow::bail!(
+                "{}: the certificate is for {:?} with role {:?}, not node {:?}\nhelp: `qpack keys issue {} --role node`",
+                cfg.cert.display(),
+                ident.name,
+                ident.role,
+                cfg.name,
+                cfg.name
+            );
+        }
+        let mut trust = cluster.trust().map_err(anyhow::Error::msg)?;
+        let (node, seed) = match (&cfg.node, &cfg.repo) {
+            (Some(root), _) => {
+                if !root.join(crate::node::CONFIG_FILE).exists() {
+                    let Some(prefix) = &cfg.prefix else {
+                        anyhow::bail!(
+                            "{} is not a node root and the agent config names no `prefix` to make one\nhelp: add `prefix = \"/path/of/the/stack\"` or run `qpack node init`",
+                            root.display()
+                        );
+                    };
+                    std::fs::create_dir_all(root)?;
+                    Node::init(
+                        root,
+                        NodeConfig {
+                            name: cfg.name.clone(),
+                            prefix: prefix.clone(),
+                            groups: me.groups.clone(),
+                            repo: None,
+                            post_switch: None,
+                            trusted_keys: cluster.publisher_keys.clone(),
+                            vars: Default::default(),
+                        },
+                    )?;
+                }
+                let node = Node::open(root)?;
+                // The node's own keys add to the cluster's.
+                if let (Trust::Keys(k), Ok(Trust::Keys(own))) = (&mut trust, node.trust()) {
+                    k.extend(own);
+                }
+                node.repo.clean_tmp()?;
+                (Some(Arc::new(node)), None)
+            }
+            (None, Some(repo)) => (None, Some(Arc::new(Repository::open(repo)?))),
+            (None, None) => unreachable!("AgentConfig::load checks"),
+        };
+        let (endpoint, dialer) = if listen {
+            let addr = match &cfg.listen {
+                Some(a) => ClusterNode { address: a.clone(), ..me.clone() }.socket_addr(),
+                None => me.socket_addr(),
+            }
+            .map_err(anyhow::Error::msg)?;
+            let ep = quinn::Endpoint::server(ident.server_config()?, addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (UDP): {e}"))?;
+            let d = Dialer::with_endpoint(ep.clone(), &ident).map_err(anyhow::Error::msg)?;
+            (Some(ep), d)
+        } else {
+            (None, Dialer::client(&ident).map_err(anyhow::Error::msg)?)
+        };
+        let peers: Vec<ClusterNode> = cluster.nodes.iter().filter(|n| n.name != cfg.name).cloned().collect();
+        let conns = peers.iter().map(|p| (p.name.clone(), Arc::new(tokio::sync::Mutex::new(None)))).collect();
+        let stats: BTreeMap<String, PeerStats> =
+            peers.iter().map(|p| (p.name.clone(), PeerStats { name: p.name.clone(), ..Default::default() })).collect();
+        Ok(Arc::new(Self {
+            name: cfg.name.clone(),
+            node,
+            seed,
+            trust,
+            dialer,
+            peers,
+            conns,
+            stats: Mutex::new(stats),
+            banned: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            lists: Mutex::new(Vec::new()),
+            job: Mutex::new(None),
+            last: Mutex::new((None, None)),
+            upload: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
+            inflight: Arc::new(Semaphore::new(32)),
+            refused: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            faults: cfg.faults.clone().unwrap_or_default(),
+            desired: Mutex::new(None),
+            endpoint,
+        }))
+    }
+
+    /// The repository this agent serves from and fetches into.
+    pub(crate) fn repo(&self) -> &Repository {
+        match (&self.node, &self.seed) {
+            (Some(n), _) => &n.repo,
+            (None, Some(r)) => r,
+            (None, None) => unreachable!("an agent has a node or a seed repository"),
+        }
+    }
+
+    /// The node, if this agent has one.
+    pub fn node(&self) -> Option<&Arc<Node>> {
+        self.node.as_ref()
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.as_ref().and_then(|e| e.local_addr().ok())
+    }
+
+    pub(crate) fn stat(&self, peer: &str, f: impl FnOnce(&mut PeerStats)) {
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        f(s.entry(peer.to_string()).or_insert_with(|| PeerStats { name: peer.to_string(), ..Default::default() }));
+    }
+
+    pub(crate) fn is_banned(&self, peer: &str) -> bool {
+        let b = self.banned.lock().unwrap_or_else(|e| e.into_inner());
+        b.get(peer).is_some_and(|until| Instant::now() < *until)
+    }
+
+    /// Avoids a peer that sent bytes that do not verify: for [`BAN`], and its connection is closed.
+    pub(crate) async fn ban(&self, peer: &str, why: &str) {
+        tracing::warn!("peer {peer} sent {why}; avoiding it for {} s", BAN.as_secs());
+        self.banned.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.to_string(), Instant::now() + BAN);
+        self.stat(peer, |s| {
+            s.bad_chunks += 1;
+            s.banned = true;
+        });
+        if let Some(slot) = self.conns.get(peer) {
+            if let Some(c) = slot.lock().await.take() {
+                c.close(3u32.into(), b"bad chunk");
+            }
+        }
+    }
+
+    /// A connection to a peer (cached; re-dialled when closed).
+    pub(crate) async fn conn(&self, peer: &ClusterNode) -> Result<quinn::Connection, String> {
+        let slot = self.conns.get(&peer.name).ok_or_else(|| format!("{} is not a peer", peer.name))?;
+        let mut g = slot.lock().await;
+        if let Some(c) = g.as_ref() {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let c = self.dialer.connect(peer).await?;
+        *g = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Serves until the process is stopped; also converges to the desired file if one is configured.
+    pub async fn serve(self: Arc<Self>, desired: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+        let ep = self.endpoint.clone().ok_or_else(|| anyhow::anyhow!("this agent does not listen"))?;
+        tracing::info!("agent {} listening on {}", self.name, ep.local_addr()?);
+        if let Some(path) = desired {
+            let me = self.clone();
+            tokio::spawn(async move { me.converge_loop(path).await });
+        }
+        while let Some(incoming) = ep.accept().await {
+            let me = self.clone();
+            tokio::spawn(async move { me.handle_conn(incoming).await });
+        }
+        Ok(())
+    }
+
+    async fn handle_conn(self: Arc<Self>, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
+        let conn = match incoming.await {
+            Ok(c) => c,
+            Err(e) => {
+                self.refused.fetch_add(1, Relaxed);
+                tracing::warn!("refused a connection from {remote}: {e}");
+                return;
+            }
+        };
+        let alpn = conn
+            .handshake_data()
+            .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|h| h.protocol);
+        if alpn.as_deref() != Some(ALPN) {
+            self.refused.fetch_add(1, Relaxed);
+            conn.close(1u32.into(), b"ALPN qpack/1 required");
+            return;
+        }
+        let peer = match PeerCert::of(&conn) {
+            Ok(p) => p,
+            Err(e) => {
+                self.refused.fetch_add(1, Relaxed);
+                tracing::warn!("refused a connection from {remote}: {e}");
+                conn.close(1u32.into(), b"bad certificate");
+                return;
+            }
+        };
+        tracing::debug!("{} ({:?}) connected from {remote}", peer.name, peer.role);
+        // Three malformed requests close the connection.
+        let malformed = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        while let Ok((tx, rx)) = conn.accept_bi().await {
+            let (me, peer, conn, malformed) = (self.clone(), peer.clone(), conn.clone(), malformed.clone());
+            tokio::spawn(async move {
+                if me.clone().handle_stream(peer, tx, rx).await && malformed.fetch_add(1, Relaxed) + 1 >= 3 {
+                    me.refused.fetch_add(1, Relaxed);
+                    conn.close(2u32.into(), b"too many malformed requests");
+                }
+            });
+        }
+    }
+
+    /// Answers one request. Returns true if the request was malformed.
+    async fn handle_stream(
+        self: Arc<Self>,
+        peer: PeerCert,
+        mut tx: quinn::SendStream,
+        mut rx: quinn::RecvStream,
+    ) -> bool {
+        let req = match wire::read_msg::<Request, _>(&mut rx, MAX_REQUEST).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("malformed request from {}: {e}", peer.name);
+                let _ = wire::write_msg(&mut tx, &Response::Error { code: e.code(), message: e.to_string() }).await;
+                let _ = tx.finish();
+                return true;
+            }
+        };
+        let ordered = matches!(req, Request::Stage { .. } | Request::Switch { .. } | Request::Rollback);
+        let out = if ordered && peer.role != Role::Operator {
+            self.refused.fetch_add(1, Relaxed);
+            tracing::warn!("refused an order from {}: its certificate has the node role", peer.name);
+            Err((
+                E_FORBIDDEN,
+                format!(
+                    "{} holds a node certificate: only an operator certificate may order stage, switch or rollback",
+                    peer.name
+                ),
+            ))
+        } else {
+            self.answer(&peer, req, &mut tx).await
+        };
+        if let Err((code, message)) = out {
+            let _ = wire::write_msg(&mut tx, &Response::Error { code, message }).await;
+        }
+        let _ = tx.finish();
+        false
+    }
+
+    async fn answer(
+        self: &Arc<Self>,
+        peer: &PeerCert,
+        req: Request,
+        tx: &mut quinn::SendStream,
+    ) -> Result<(), (u16, String)> {
+        let send = |r: Response| wire::encode(&r);
+        let io = |e: std::io::Error| (E_INTERNAL, e.to_string());
+        match req {
+            Request::GetRelease { name } => {
+                let (id, bytes) = self.release_bytes(&name).await?;
+                tx.write_all(&send(Response::Release { id, bytes })).await.map_err(|e| io(e.into()))
+            }
+            Request::GetManifest { id } => {
+                let bytes = self.manifest_bytes(id).await?;
+                tx.write_all(&send(Response::Manifest { bytes })).await.map_err(|e| io(e.into()))
+            }
+            Request::Subscribe { release } => self.subscribe(release, tx).await,
+            Request::GetChunks { release, indices } => self.get_chunks(peer, release, indices, tx).await,
+            Request::Stage { name } => self.stage(name, tx).await,
+            Request::Switch { release } => {
+                let r = self.switch(Some(release)).await?;
+                tx.write_all(&send(Response::Switched(r))).await.map_err(|e| io(e.into()))
+            }
+            Request::Rollback => {
+                let r = self.switch(None).await?;
+                tx.write_all(&send(Response::Switched(r))).await.map_err(|e| io(e.into()))
+            }
+            Request::Status => {
+                let s = self.status().await;
+                tx.write_all(&send(Response::Status(Box::new(s)))).await.map_err(|e| io(e.into()))
+            }
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T, (u16, String)> + Send + 'static,
+    ) -> Result<T, (u16, String)> {
+        tokio::task::spawn_blocking(f).await.map_err(|e| (E_INTERNAL, e.to_string()))?
+    }
+
+    async fn release_bytes(self: &Arc<Self>, name: &str) -> Result<(ReleaseId, Vec<u8>), (u16, String)> {
+        let staging = self.current_job().filter(|j| j.name == name).and_then(|j| j.target.get().map(|t| t.0));
+        let (me, name) = (self.clone(), name.to_string());
+        Self::blocking(move || {
+            let repo = me.repo();
+            let id = match repo.read_ref(&name) {
+                Ok(Some(id)) => id,
+                _ => staging.ok_or((E_NOT_FOUND, format!("no release {name} here")))?,
+            };
+            let bytes = repo.read_release_object(&id).map_err(|e| (E_NOT_FOUND, e.to_string()))?;
+            Ok((id, bytes))
+        })
+        .await
+    }
+
+    async fn manifest_bytes(self: &Arc<Self>, id: ManifestId) -> Result<Vec<u8>, (u16, String)> {
+        let me = self.clone();
+        Self::blocking(move || {
+            let path = me.repo().manifest_path(&id);
+            crate::fsx::read_capped(&path, crate::manifest::MAX_MANIFEST_BYTES)
+                .map_err(|_| (E_NOT_FOUND, format!("no manifest {id} here")))
+        })
+        .await
+    }
+
+    pub(crate) fn current_job(&self) -> Option<Arc<Job>> {
+        self.job.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The chunk list of a release this node has the manifests of (cached for the last few releases).
+    pub(crate) async fn chunk_list(self: &Arc<Self>, release: ReleaseId) -> Result<Arc<ChunkList>, (u16, String)> {
+        if let Some(l) = self.lists.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(r, _)| *r == release) {
+            return Ok(l.1.clone());
+        }
+        let me = self.clone();
+        let list = Self::blocking(move || {
+            let repo = me.repo();
+            // Another process (publish, gc) may have changed the repository since its index was read.
+            if let Err(e) = repo.refresh() {
+                tracing::warn!("re-reading the pack indexes: {e}");
+            }
+            let (_, rel) =
+                repo.read_release(&release).map_err(|_| (E_NOT_FOUND, format!("no release {release} here")))?;
+            let mut ms = Vec::with_capacity(rel.parts.len());
+            for p in &rel.parts {
+                ms.push(repo.read_manifest(&p.manifest).map_err(|e| (E_NOT_FOUND, e.to_string()))?);
+            }
+            Ok(Arc::new(ChunkList::of(&ms)))
+        })
+        .await?;
+        let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        if lists.len() >= 4 {
+            lists.remove(0);
+        }
+        lists.push((release, list.clone()));
+        Ok(list)
+    }
+
+    fn has(&self, id: &ChunkId) -> bool {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).contains_key(id) || self.repo().has_chunk(id)
+    }
+
+    async fn subscribe(self: &Arc<Self>, release: ReleaseId, tx: &mut quinn::SendStream) -> Result<(), (u16, String)> {
+        let io = |e: quinn::WriteError| (E_INTERNAL, e.to_string());
+        let job = self.current_job().filter(|j| j.target.get().is_some_and(|t| t.0 == release));
+        // Subscribe before reading the bitmap, so that no announcement falls between the two.
+        let rx = job
+            .as_ref()
+            .and_then(|j| j.announce.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|a| a.subscribe()));
+        let (bitmap, mut rx) = match (&job, rx) {
+            (Some(j), Some(rx)) => (j.have.lock().unwrap_or_else(|e| e.into_inner()).clone(), Some(rx)),
+            _ => {
+                let list = self.chunk_list(release).await?;
+                let me = self.clone();
+                let bm = Self::blocking(move || {
+                    let mut bm = Bitmap::new(list.len() as u32);
+                    for (i, id) in list.ids.iter().enumerate() {
+                        if me.has(id) {
+                            bm.set(i as u32);
+                        }
+                    }
+                    Ok(bm)
+                })
+                .await?;
+                (bm, None)
+            }
+        };
+        tx.write_all(&wire::encode(&Response::Have { bitmap: bitmap.bytes().to_vec(), more: rx.is_some() }))
+            .await
+            .map_err(io)?;
+        let Some(rx) = rx.as_mut() else { return Ok(()) };
+        loop {
+            let first = match rx.recv().await {
+                Ok(i) => i,
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Too slow a reader: send the whole bitmap again.
+                    let j = job.as_ref().expect("rx implies job");
+                    let bm = j.have.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    tx.write_all(&wire::encode(&Response::Have { bitmap: bm.bytes().to_vec(), more: true }))
+                        .await
+                        .map_err(io)?;
+                    continue;
+                }
+            };
+            let mut indices = vec![first];
+            while indices.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(i) => indices.push(i),
+                    _ => break,
+                }
+            }
+            tx.write_all(&wire::encode(&Response::HaveMore { indices })).await.map_err(io)?;
+        }
+    }
+
+    async fn get_chunks(
+        self: &Arc<Self>,
+        peer: &PeerCert,
+        release: ReleaseId,
+        indices: Vec<u32>,
+        tx: &mut quinn::SendStream,
+    ) -> Result<(), (u16, String)> {
+        if indices.len() > MAX_BATCH {
+            return Err((E_MALFORMED, format!("{} chunks asked at once (at most {MAX_BATCH})", indices.len())));
+        }
+        let Ok(_permit) = self.upload.clone().try_acquire_owned() else {
+            return Err((E_BUSY, "all upload slots busy".into()));
+        };
+        let list = self.chunk_list(release).await?;
+        if let Some(bad) = indices.iter().find(|&&i| i as usize >= list.len()) {
+            return Err((E_MALFORMED, format!("chunk index {bad} out of range ({} chunks)", list.len())));
+        }
+        let me = self.clone();
+        let objects: Vec<(u32, Option<Arc<Vec<u8>>>)> = Self::blocking(move || {
+            let pending = me.pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            Ok(indices
+                .iter()
+                .map(|&i| {
+                    let id = &list.ids[i as usize];
+                    let obj = pending.get(id).cloned().or_else(|| me.repo().read_chunk_object(id).ok().map(Arc::new));
+                    (i, obj)
+                })
+                .collect())
+        })
+        .await?;
+        let io = |e: quinn::WriteError| (E_INTERNAL, e.to_string());
+        for (index, obj) in objects {
+            let msg = match obj {
+                Some(o) => {
+                    if self.faults.chunk_delay_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(self.faults.chunk_delay_ms)).await;
+                    }
+                    let mut object = o.as_ref().clone();
+                    if self.faults.corrupt_chunks {
+                        if let Some(b) = object.last_mut() {
+                            *b ^= 0x55;
+                        }
+                    }
+                    self.served.fetch_add(object.len() as u64, Relaxed);
+                    self.stat(&peer.name, |s| {
+                        s.chunks_out += 1;
+                        s.bytes_out += object.len() as u64;
+                    });
+                    Response::Chunk { index, object }
+                }
+                None => Response::NotHere { index },
+            };
+            tx.write_all(&wire::encode(&msg)).await.map_err(io)?;
+        }
+        tx.write_all(&wire::encode(&Response::End)).await.map_err(io)
+    }
+
+    /// Starts staging `name`, or joins the staging of it already running. Another release being staged: busy.
+    pub(crate) fn start_job(self: &Arc<Self>, name: &str) -> Result<Arc<Job>, (u16, String)> {
+        if self.node.is_none() {
+            return Err((
+                E_FORBIDDEN,
+                format!("{} is a seed: it serves its repository and installs nothing", self.name),
+            ));
+        }
+        crate::manifest::check_release_name(name).map_err(|e| (E_MALFORMED, e.to_string()))?;
+        let mut slot = self.job.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(j) = slot.as_ref() {
+            return if j.name == name {
+                Ok(j.clone())
+            } else {
+                Err((E_BUSY, format!("{} is staging {} now; order {name} again when it is done", self.name, j.name)))
+            };
+        }
+        let job = Arc::new(Job {
+            name: name.to_string(),
+            target: OnceLock::new(),
+            have: Mutex::new(Bitmap::new(0)),
+            announce: Mutex::new(None),
+            progress: watch::channel(Progress {
+                release: name.to_string(),
+                phase: "finding".into(),
+                ..Default::default()
+            })
+            .0,
+            result: watch::channel(None).0,
+        });
+        *slot = Some(job.clone());
+        let (me, j) = (self.clone(), job.clone());
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let r = swarm::stage(&me, &j).await.map(|mut s| {
+                s.seconds = t0.elapsed().as_secs_f64();
+                s
+            });
+            j.set_progress(|p| p.phase = if r.is_ok() { "staged".into() } else { "failed".into() });
+            match &r {
+                Ok(s) => {
+                    tracing::info!("staged {} in {:.1} s ({} bytes fetched)", s.release, s.seconds, s.bytes_fetched)
+                }
+                Err(e) => tracing::error!("staging {} failed: {e}", j.name),
+            }
+            *me.last.lock().unwrap_or_else(|e| e.into_inner()) =
+                (Some(j.progress.borrow().clone()), r.as_ref().err().cloned());
+            *me.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            j.result.send_replace(Some(r));
+        });
+        Ok(job)
+    }
+
+    /// Waits for a job's outcome.
+    pub(crate) async fn wait_job(job: &Job) -> Result<Staged, String> {
+        let mut rx = job.result.subscribe();
+        loop {
+            let r = rx.borrow_and_update().clone();
+            if let Some(r) = r {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                return Err("the staging task ended without a result".into());
+            }
+        }
+    }
+
+    async fn stage(self: &Arc<Self>, name: String, tx: &mut quinn::SendStream) -> Result<(), (u16, String)> {
+        let job = self.start_job(&name)?;
+        let mut res = job.result.subscribe();
+        let io = |e: quinn::WriteError| (E_INTERNAL, e.to_string());
+        loop {
+            let r = res.borrow_and_update().clone();
+            if let Some(r) = r {
+                return match r {
+                    Ok(s) => tx.write_all(&wire::encode(&Response::Staged(s))).await.map_err(io),
+                    Err(e) => Err((E_INTERNAL, e)),
+                };
+            }
+            let p = job.progress.borrow().clone();
+            tx.write_all(&wire::encode(&Response::Progress(p))).await.map_err(io)?;
+            let _ = tokio::time::timeout(Duration::from_millis(300), res.changed()).await;
+        }
+    }
+
+    /// Switches to `release` (or rolls back if `None`).
+    pub(crate) async fn switch(self: &Arc<Self>, release: Option<String>) -> Result<Switched, (u16, String)> {
+        let Some(node) = self.node.clone() else {
+            return Err((E_FORBIDDEN, format!("{} is a seed: it has no active release", self.name)));
+        };
+        Self::blocking(move || {
+            let before = node.active().map(|a| node.label(&a));
+            let opts = crate::node::SwitchOptions::default();
+            let r = match &release {
+                Some(what) => crate::node::switch(&node, what, &opts),
+                None => crate::node::rollback(&node, &opts),
+            }
+            .map_err(|e| (E_INTERNAL, e.to_string()))?;
+            let to = node.active().map(|a| node.label(&a)).unwrap_or_default();
+            let post_switch_error = r.entry.as_ref().and_then(|e| e.post_switch_status).filter(|s| *s != 0).map(|s| {
+                format!(
+                    "post_switch exited with status {s}: {}",
+                    r.post_switch_output.clone().unwrap_or_default().trim()
+                )
+            });
+            Ok(Switched { from: before, to, unchanged: r.entry.is_none(), post_switch_error })
+        })
+        .await
+    }
+
+    /// This node's state.
+    pub async fn status(self: &Arc<Self>) -> NodeStatus {
+        let me = self.clone();
+        let (active, installed) = tokio::task::spawn_blocking(move || match &me.node {
+            Some(n) => {
+                let active = n.active().map(|a| n.label(&a));
+                let mut installed: Vec<String> = n.installed().unwrap_or_default().iter().map(|i| n.label(i)).collect();
+                installed.sort();
+                (active, installed)
+            }
+            None => (None, me.repo().refs().unwrap_or_default().into_iter().map(|(n, _)| n).collect()),
+        })
+        .await
+        .unwrap_or_default();
+        let (transfer, last_error) = match self.current_job() {
+            Some(j) => (Some(j.progress.borrow().clone()), None),
+            None => self.last.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        };
+        let banned: Vec<String> = {
+            let b = self.banned.lock().unwrap_or_else(|e| e.into_inner());
+            b.iter().filter(|(_, t)| Instant::now() < **t).map(|(n, _)| n.clone()).collect()
+        };
+        let peers = self
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .map(|mut s| {
+                s.banned = banned.contains(&s.name);
+                s
+            })
+            .collect();
+        NodeStatus {
+            name: self.name.clone(),
+            active,
+            installed,
+            transfer,
+            last_error,
+            desired: self.desired.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            peers,
+            bytes_served: self.served.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+        }
+    }
+
+    /// Brings the node to `d` once: stage if not installed, switch if asked and not active. Returns whether it
+    /// changed anything.
+    pub async fn ensure(self: &Arc<Self>, d: &DesiredFile) -> Result<bool, String> {
+        let node = self.node.clone().ok_or("a seed has no desired state")?;
+        let n2 = node.clone();
+        let name = d.release.clone();
+        let installed = tokio::task::spawn_blocking(move || {
+            n2.repo.read_ref(&name).ok().flatten().filter(|id| n2.is_installed(id))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut changed = false;
+        let id = match installed {
+            Some(id) => id,
+            None => {
+                let job = self.start_job(&d.release).map_err(|e| e.1)?;
+                let s = Self::wait_job(&job).await?;
+                changed |= !s.already;
+                ReleaseId::from_hex(&s.id).ok_or("bad id")?
+            }
+        };
+        if d.activate && node.active() != Some(id) {
+            let r = self.switch(Some(id.to_hex())).await.map_err(|e| e.1)?;
+            changed = true;
+            if let Some(e) = r.post_switch_error {
+                return Err(format!("switched to {} but {e}", r.to));
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Watches the desired file: converges when it changes (and at start). An operator's later order is not
+    /// undone until the file changes again: the file states intent, it does not fight the operator.
+    async fn converge_loop(self: Arc<Self>, path: std::path::PathBuf) {
+        let mut done: Option<DesiredFile> = None;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = Duration::from_secs(2);
+            let d = match DesiredFile::load(&path) {
+                Ok(d) => d,
+                Err(e) => {
+                    let missing = matches!(std::fs::symlink_metadata(&path), Err(ref x) if x.kind() == std::io::ErrorKind::NotFound);
+                    *self.desired.lock().unwrap_or_else(|e| e.into_inner()) = if missing {
+                        None
+                    } else {
+                        Some(Desired { release: String::new(), activate: false, state: format!("failed: {e}") })
+                    };
+                    continue;
+                }
+            };
+            let set = |state: String| {
+                *self.desired.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Desired { release: d.release.clone(), activate: d.activate, state });
+            };
+            if done.as_ref() == Some(&d) {
+                continue;
+            }
+            set("working".into());
+            match self.ensure(&d).await {
+                Ok(_) => {
+                    set("converged".into());
+                    done = Some(d);
+                }
+                Err(e) => {
+                    tracing::error!("desired state {} not reached: {e}", d.release);
+                    set(format!("failed: {e}"));
+                    wait = Duration::from_secs(10);
+                }
+            }
+        }
+    }
+}
+
+/// Reads the manifests of `release` that the repository lacks from peers, verified by hash.
+pub(crate) fn decode_manifest(id: &ManifestId, bytes: &[u8]) -> Result<PartManifest, String> {
+    if ManifestId::of(bytes) != *id {
+        return Err("content does not hash to its id".into());
+    }
+    PartManifest::decode(bytes).map_err(|e| e.to_string())
+}
+
+/// Checks a release received from a peer: its id, its name, and a trusted signature.
+pub(crate) fn check_release(
+    trust: &Trust,
+    name: &str,
+    id: &ReleaseId,
+    bytes: &[u8],
+) -> Result<(SignedRelease, crate::manifest::Release), String> {
+    let (signed, release) = SignedRelease::decode(bytes, Some(*id)).map_err(|e| e.to_string())?;
+    if release.name != name {
+        return Err(format!("it is release {:?}, not {name:?}", release.name));
+    }
+    if let Trust::Keys(keys) = trust {
+        match &signed.signature {
+            None => return Err("it is not signed".into()),
+            Some(s) if !keys.contains(&s.key) => return Err("it is signed by a key the cluster does not trust".into()),
+            Some(_) => {}
+        }
+    }
+    Ok((signed, release))
+}
+
+/// Asks a peer for a release by name.
+pub(crate) async fn ask_release(agent: &Agent, peer: &ClusterNode, name: &str) -> Result<(ReleaseId, Vec<u8>), String> {
+    let conn = agent.conn(peer).await?;
+    match client::call(&conn, &Request::GetRelease { name: name.to_string() }, Duration::from_secs(10)).await? {
+        Response::Release { id, bytes } => Ok((id, bytes)),
+        other => Err(format!("unexpected answer {}", client::kind(&other))),
+    }
+}

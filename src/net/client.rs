@@ -1,0 +1,183 @@
+//! The client side of `qpack/1`: dialling a node of the cluster file, one request per stream, and the
+//! operator's orders (stage, switch, rollback, status) to many nodes at once.
+
+use super::config::ClusterNode;
+use super::tls::Identity;
+use super::wire::{self, NodeStatus, Request, Response, MAX_RESPONSE};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How long a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// A QUIC client endpoint and the TLS identity it presents.
+#[derive(Clone)]
+pub struct Dialer {
+    endpoint: quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+}
+
+impl Dialer {
+    /// A client-only endpoint on an ephemeral UDP port.
+    pub fn client(ident: &Identity) -> Result<Self, String> {
+        let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal");
+        let endpoint = quinn::Endpoint::client(bind).map_err(|e| format!("UDP socket: {e}"))?;
+        Ok(Self { endpoint, cfg: ident.client_config().map_err(|e| e.to_string())? })
+    }
+
+    /// Dials from an existing endpoint (an agent's, which also serves).
+    pub fn with_endpoint(endpoint: quinn::Endpoint, ident: &Identity) -> Result<Self, String> {
+        Ok(Self { endpoint, cfg: ident.client_config().map_err(|e| e.to_string())? })
+    }
+
+    /// Connects to a node, checking that its certificate carries its name.
+    pub async fn connect(&self, node: &ClusterNode) -> Result<quinn::Connection, String> {
+        let addr = node.socket_addr()?;
+        let connecting = self
+            .endpoint
+            .connect_with(self.cfg.clone(), addr, &node.name)
+            .map_err(|e| format!("{} ({}): {e}", node.name, node.address))?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(format!("{} ({}): {e}", node.name, node.address)),
+            Err(_) => {
+                Err(format!("{} ({}): no answer within {} s", node.name, node.address, CONNECT_TIMEOUT.as_secs()))
+            }
+        }
+    }
+
+    /// Waits until every connection of this endpoint is closed (so the peer learns it at once).
+    pub async fn close(&self) {
+        self.endpoint.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Opens a stream, sends the request and finishes the sending side.
+pub async fn send(conn: &quinn::Connection, req: &Request) -> Result<quinn::RecvStream, String> {
+    let (mut tx, rx) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    wire::write_msg(&mut tx, req).await.map_err(|e| e.to_string())?;
+    tx.finish().map_err(|e| e.to_string())?;
+    Ok(rx)
+}
+
+/// A request that failed: the peer's error code if it answered with one.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    /// The `E_*` code the peer sent, if it sent an `Error`.
+    pub code: Option<u16>,
+    /// What happened.
+    pub message: String,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for CallError {
+    fn from(message: String) -> Self {
+        Self { code: None, message }
+    }
+}
+
+impl From<CallError> for String {
+    fn from(e: CallError) -> Self {
+        e.message
+    }
+}
+
+/// Reads the next response; an `Error` response becomes `Err` with its code.
+pub async fn recv(rx: &mut quinn::RecvStream) -> Result<Response, CallError> {
+    match wire::read_msg::<Response, _>(rx, MAX_RESPONSE).await.map_err(|e| e.to_string())? {
+        Response::Error { code, message } => Err(CallError { code: Some(code), message }),
+        r => Ok(r),
+    }
+}
+
+/// One request, one response, within `timeout`.
+pub async fn call(conn: &quinn::Connection, req: &Request, timeout: Duration) -> Result<Response, String> {
+    let go = async {
+        let mut rx = send(conn, req).await?;
+        recv(&mut rx).await.map_err(String::from)
+    };
+    tokio::time::timeout(timeout, go).await.map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
+}
+
+/// What one node said to `status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NodeReport {
+    /// Node name.
+    pub name: String,
+    /// Its address.
+    pub address: String,
+    /// Whether it answered.
+    pub reachable: bool,
+    /// Active release name, if any.
+    pub active: Option<String>,
+    /// What it said.
+    pub status: Option<NodeStatus>,
+    /// Why it did not answer.
+    pub error: Option<String>,
+}
+
+/// Asks every node for its status, all at once; each has `timeout` to answer.
+pub async fn status_all(dialer: &Dialer, nodes: &[ClusterNode], timeout: Duration) -> Vec<NodeReport> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let (d, n) = (dialer.clone(), n.clone());
+        set.spawn(async move {
+            let r = tokio::time::timeout(timeout, async {
+                let conn = d.connect(&n).await?;
+                match call(&conn, &Request::Status, timeout).await? {
+                    Response::Status(s) => Ok(*s),
+                    other => Err(format!("unexpected answer {}", kind(&other))),
+                }
+            })
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {:.1} s", timeout.as_secs_f64())));
+            (i, n, r)
+        });
+    }
+    let mut out: Vec<Option<NodeReport>> = vec![None; nodes.len()];
+    while let Some(Ok((i, n, r))) = set.join_next().await {
+        out[i] = Some(match r {
+            Ok(s) => NodeReport {
+                name: n.name,
+                address: n.address,
+                reachable: true,
+                active: s.active.clone(),
+                status: Some(s),
+                error: None,
+            },
+            Err(e) => NodeReport {
+                name: n.name,
+                address: n.address,
+                reachable: false,
+                active: None,
+                status: None,
+                error: Some(e),
+            },
+        });
+    }
+    out.into_iter().flatten().collect()
+}
+
+/// A short name of a response, for messages.
+pub fn kind(r: &Response) -> &'static str {
+    match r {
+        Response::Error { .. } => "Error",
+        Response::Release { .. } => "Release",
+        Response::Manifest { .. } => "Manifest",
+        Response::Have { .. } => "Have",
+        Response::HaveMore { .. } => "HaveMore",
+        Response::Chunk { .. } => "Chunk",
+        Response::NotHere { .. } => "NotHere",
+        Response::End => "End",
+        Response::Progress(_) => "Progress",
+        Response::Staged(_) => "Staged",
+        Response::Switched(_) => "Switched",
+        Response::Status(_) => "Status",
+    }
+}
