@@ -362,3 +362,6 @@ impl Bitmap {
         self.bits.iter().map(|b| b.count_ones()).sum()
     }
 }
+
+#[cfg(test)]
+mod tests;
