@@ -6,6 +6,8 @@
 mod util;
 
 mod attack;
+mod cluster;
+mod cluster_attack;
 mod bad_input;
 mod corruption;
 mod crash;
