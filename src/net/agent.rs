@@ -25,6 +25,8 @@ use tokio::sync::{broadcast, watch, Semaphore};
 
 /// Chunk batches served at once by one agent; more requests are answered "busy" and go elsewhere.
 const UPLOAD_SLOTS: usize = 8;
+/// Most chunk bytes sent in answer to one `GetChunks` (the rest of the batch is left unanswered).
+const RESPONSE_BUDGET: usize = 4 << 20;
 /// How long a peer that sent a bad chunk is avoided.
 const BAN: Duration = Duration::from_secs(600);
 
@@ -500,42 +502,50 @@ impl Agent {
         if let Some(bad) = indices.iter().find(|&&i| i as usize >= list.len()) {
             return Err((E_MALFORMED, format!("chunk index {bad} out of range ({} chunks)", list.len())));
         }
-        let me = self.clone();
-        let objects: Vec<(u32, Option<Arc<Vec<u8>>>)> = Self::blocking(move || {
-            let pending = me.pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            Ok(indices
-                .iter()
-                .map(|&i| {
-                    let id = &list.ids[i as usize];
-                    let obj = pending.get(id).cloned().or_else(|| me.repo().read_chunk_object(id).ok().map(Arc::new));
-                    (i, obj)
-                })
-                .collect())
-        })
-        .await?;
+        // Read and sent a few chunks at a time, and at most RESPONSE_BUDGET bytes per request: a request for
+        // more ends early (indices not answered are asked again, elsewhere or later).
         let io = |e: quinn::WriteError| (E_INTERNAL, e.to_string());
-        for (index, obj) in objects {
-            let msg = match obj {
-                Some(o) => {
-                    if self.faults.chunk_delay_ms > 0 {
-                        tokio::time::sleep(Duration::from_millis(self.faults.chunk_delay_ms)).await;
-                    }
-                    let mut object = o.as_ref().clone();
-                    if self.faults.corrupt_chunks {
-                        if let Some(b) = object.last_mut() {
-                            *b ^= 0x55;
+        let mut sent = 0usize;
+        for group in indices.chunks(32) {
+            if sent >= RESPONSE_BUDGET {
+                break;
+            }
+            let (me, list, group) = (self.clone(), list.clone(), group.to_vec());
+            let objects: Vec<(u32, Option<Arc<Vec<u8>>>)> = Self::blocking(move || {
+                Ok(group
+                    .iter()
+                    .map(|&i| {
+                        let id = &list.ids[i as usize];
+                        let pending = me.pending.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+                        (i, pending.or_else(|| me.repo().read_chunk_object(id).ok().map(Arc::new)))
+                    })
+                    .collect())
+            })
+            .await?;
+            for (index, obj) in objects {
+                let msg = match obj {
+                    Some(o) => {
+                        if self.faults.chunk_delay_ms > 0 {
+                            tokio::time::sleep(Duration::from_millis(self.faults.chunk_delay_ms)).await;
                         }
+                        let mut object = o.as_ref().clone();
+                        if self.faults.corrupt_chunks {
+                            if let Some(b) = object.last_mut() {
+                                *b ^= 0x55;
+                            }
+                        }
+                        sent += object.len();
+                        self.served.fetch_add(object.len() as u64, Relaxed);
+                        self.stat(&peer.name, |s| {
+                            s.chunks_out += 1;
+                            s.bytes_out += object.len() as u64;
+                        });
+                        Response::Chunk { index, object }
                     }
-                    self.served.fetch_add(object.len() as u64, Relaxed);
-                    self.stat(&peer.name, |s| {
-                        s.chunks_out += 1;
-                        s.bytes_out += object.len() as u64;
-                    });
-                    Response::Chunk { index, object }
-                }
-                None => Response::NotHere { index },
-            };
-            tx.write_all(&wire::encode(&msg)).await.map_err(io)?;
+                    None => Response::NotHere { index },
+                };
+                tx.write_all(&wire::encode(&msg)).await.map_err(io)?;
+            }
         }
         tx.write_all(&wire::encode(&Response::End)).await.map_err(io)
     }

@@ -100,9 +100,15 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
     // The writer thread holds the repository's exclusive lock until the end; it first stores the release and
     // the manifests so that this node can answer for them at once.
     let (wtx, wrx) = tokio::sync::mpsc::channel::<Write>(16);
+    let writer_failed: Arc<Mutex<Option<String>>> = Arc::default();
     let writer = {
-        let (agent2, node2) = (agent.clone(), node.clone());
-        std::thread::spawn(move || writer(agent2, node2, wrx))
+        let (agent2, node2, fail) = (agent.clone(), node.clone(), writer_failed.clone());
+        std::thread::spawn(move || {
+            if let Err(e) = writer(agent2, node2, wrx) {
+                tracing::error!("storing fetched objects failed: {e}");
+                *fail.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+            }
+        })
     };
     let ms: Vec<PartManifest> = new_manifests.into_iter().map(|(_, m)| m).collect();
     let (ack, acked) = tokio::sync::oneshot::channel();
@@ -147,6 +153,11 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
         Err(_) => Err("the writer stopped".into()),
     };
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    if let Some(e) = writer_failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(format!(
+            "storing what was fetched failed: {e} (what was verified before is kept; the active release is untouched)"
+        ));
+    }
     let (chunks_fetched, bytes_fetched) = fetched?;
     committed?;
     // Install through the node code: plan checked before any write, files from chunks or hardlinks.
@@ -241,16 +252,10 @@ enum Write {
 }
 
 /// Owns the repository's write lock and transactions: stores what it is sent, commits every few seconds.
-fn writer(agent: Arc<Agent>, node: Arc<Node>, mut rx: tokio::sync::mpsc::Receiver<Write>) {
+/// An error closes the channel, so every sender learns it.
+fn writer(agent: Arc<Agent>, node: Arc<Node>, mut rx: tokio::sync::mpsc::Receiver<Write>) -> Result<(), String> {
     let repo = &node.repo;
-    let lock = match repo.lock(LockMode::Exclusive) {
-        Ok(l) => l,
-        Err(e) => {
-            // Every sender learns it: the channel closes.
-            tracing::error!("cannot lock the repository: {e}");
-            return;
-        }
-    };
+    let lock = repo.lock(LockMode::Exclusive).map_err(|e| format!("cannot lock the repository: {e}"))?;
     let mut txn = None;
     let mut batch_ids: Vec<ChunkId> = Vec::new();
     let (mut since, mut bytes) = (Instant::now(), 0u64);
@@ -275,6 +280,10 @@ fn writer(agent: Arc<Agent>, node: Arc<Node>, mut rx: tokio::sync::mpsc::Receive
                     }
                     t.commit_objects().map_err(err)
                 })();
+                if let Err(e) = &r {
+                    let _ = ack.send(Err(e.clone()));
+                    return Err(e.clone());
+                }
                 let _ = ack.send(r);
             }
             Write::Chunks(chunks) => {
@@ -297,21 +306,19 @@ fn writer(agent: Arc<Agent>, node: Arc<Node>, mut rx: tokio::sync::mpsc::Receive
                     }
                     Ok::<(), String>(())
                 })();
-                if let Err(e) = r {
-                    tracing::error!("storing chunks failed: {e}");
-                    return;
-                }
+                r?;
             }
             Write::Finish(name, id, ack) => {
                 let r = commit(&mut txn, &mut batch_ids).and_then(|()| {
                     let t = repo.begin(&lock).map_err(err)?;
                     t.commit(&name, id).map_err(err)
                 });
-                let _ = ack.send(r);
-                return;
+                let _ = ack.send(r.clone());
+                return r;
             }
         }
     }
+    Ok(())
 }
 
 /// What the scheduler knows: which chunks are needed, in flight or done, and which peer has which.
@@ -626,6 +633,7 @@ async fn worker(
     job: Arc<Job>,
 ) {
     let mut backoff = Duration::from_millis(250);
+    let mut busy = Duration::from_millis(25);
     while !swarm.done.load(Relaxed) && !agent.is_banned(&peer.name) {
         let batch = swarm.sched().pick(p, &swarm.list.lens);
         if batch.is_empty() {
@@ -638,7 +646,7 @@ async fn worker(
         drop(permit);
         swarm.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&p);
         match r {
-            Ok(objects) => {
+            Ok(Batch { objects, lacks }) => {
                 let asked = batch.clone();
                 let list = swarm.list.clone();
                 let verified = tokio::task::spawn_blocking(move || {
@@ -672,10 +680,12 @@ async fn worker(
                             new.push((i, o));
                         }
                     }
-                    let missed: Vec<u32> = asked.iter().copied().filter(|i| !got.contains(i)).collect();
-                    for &i in &missed {
+                    // What the peer said it lacks is not asked of it again; what it left unanswered may be.
+                    for &i in &lacks {
                         s.forget(p, i);
                     }
+                    let got: std::collections::HashSet<u32> = got.into_iter().collect();
+                    let missed: Vec<u32> = asked.iter().copied().filter(|i| !got.contains(i)).collect();
                     s.requeue(&missed);
                 }
                 let (nbytes, nchunks) = (new.iter().map(|(_, o)| o.len() as u64).sum::<u64>(), new.len() as u64);
@@ -701,12 +711,20 @@ async fn worker(
                 }
                 swarm.wake.notify_waiters();
                 backoff = Duration::from_millis(250);
+                busy = Duration::from_millis(25);
             }
             Err(Fail::Busy) => {
                 swarm.sched().requeue(&batch);
                 swarm.wake.notify_waiters();
-                let jitter = swarm.sched().rand() % 100;
-                tokio::time::sleep(Duration::from_millis(30 + jitter)).await;
+                let jitter = swarm.sched().rand() % 50;
+                tokio::time::sleep(busy + Duration::from_millis(jitter)).await;
+                busy = (busy * 2).min(Duration::from_millis(800));
+            }
+            Err(Fail::Lie(e)) => {
+                swarm.sched().requeue(&batch);
+                agent.ban(&peer.name, &e).await;
+                swarm.wake.notify_waiters();
+                return;
             }
             Err(Fail::Other(e)) => {
                 tracing::debug!("batch from {} failed: {e}", peer.name);
@@ -721,17 +739,23 @@ async fn worker(
 }
 
 enum Fail {
+    /// The peer has no free upload slot.
     Busy,
+    /// The peer broke the protocol in a way only a faulty or hostile peer does.
+    Lie(String),
+    /// Anything else (timeouts, lost connections).
     Other(String),
 }
 
-/// One `GetChunks`: the objects received (unverified), within a deadline that assumes at least 256 KiB/s.
-async fn get_batch(
-    agent: &Agent,
-    swarm: &Swarm,
-    peer: &ClusterNode,
-    batch: &[u32],
-) -> Result<Vec<(u32, Vec<u8>)>, Fail> {
+#[derive(Default)]
+struct Batch {
+    objects: Vec<(u32, Vec<u8>)>,
+    lacks: Vec<u32>,
+}
+
+/// One `GetChunks`, within a deadline that assumes at least 256 KiB/s: the objects received (unverified) and
+/// the indices the peer said it lacks.
+async fn get_batch(agent: &Agent, swarm: &Swarm, peer: &ClusterNode, batch: &[u32]) -> Result<Batch, Fail> {
     let raw: u64 = batch.iter().map(|&i| u64::from(swarm.list.lens[i as usize])).sum();
     let deadline = Duration::from_secs(3) + Duration::from_secs_f64(raw as f64 / (256.0 * 1024.0));
     let go = async {
@@ -739,20 +763,32 @@ async fn get_batch(
         let req = Request::GetChunks { release: swarm.release, indices: batch.to_vec() };
         let mut rx = client::send(&conn, &req).await.map_err(Fail::Other)?;
         let mut asked: std::collections::HashSet<u32> = batch.iter().copied().collect();
-        let mut out: Vec<(u32, Vec<u8>)> = Vec::with_capacity(batch.len());
+        let mut out = Batch::default();
         loop {
             match client::recv(&mut rx).await {
                 Ok(Response::Chunk { index, object }) => {
                     if !asked.remove(&index) {
-                        return Err(Fail::Other(format!("chunk {index} was not asked, or sent twice")));
+                        return Err(Fail::Lie(format!("chunk {index}, which was not asked or was sent twice")));
                     }
-                    out.push((index, object));
+                    // A stored object is never larger than its header plus the raw bytes.
+                    let cap = crate::chunk::HEADER_LEN + swarm.list.lens[index as usize] as usize;
+                    if object.len() > cap {
+                        return Err(Fail::Lie(format!("chunk {index} of {} bytes (at most {cap})", object.len())));
+                    }
+                    out.objects.push((index, object));
                 }
-                Ok(Response::NotHere { .. }) => {}
+                Ok(Response::NotHere { index }) => {
+                    if asked.remove(&index) {
+                        out.lacks.push(index);
+                    }
+                }
                 Ok(Response::End) => return Ok(out),
                 Ok(other) => return Err(Fail::Other(format!("unexpected {}", client::kind(&other)))),
                 Err(e) if e.code == Some(E_BUSY) => return Err(Fail::Busy),
-                Err(e) if e.code == Some(E_NOT_FOUND) => return Ok(out),
+                Err(e) if e.code == Some(E_NOT_FOUND) => {
+                    out.lacks.extend(asked.drain());
+                    return Ok(out);
+                }
                 Err(e) => return Err(Fail::Other(e.message)),
             }
         }
