@@ -6,9 +6,9 @@
 mod util;
 
 mod attack;
+mod bad_input;
 mod cluster;
 mod cluster_attack;
-mod bad_input;
 mod corruption;
 mod crash;
 mod forge;
