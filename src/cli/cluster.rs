@@ -277,8 +277,9 @@ fn need_cluster(c: &ClusterArgs) -> anyhow::Result<PathBuf> {
 
 pub fn deploy(a: DeployArgs) -> anyhow::Result<ExitCode> {
     crate::manifest::check_release_name(&a.release)?;
-    let op = a.cluster.open(&need_cluster(&a.cluster)?)?;
     let rt = runtime()?;
+    let _in_rt = rt.enter();
+    let op = a.cluster.open(&need_cluster(&a.cluster)?)?;
     let out = rt.block_on(async {
         let out = deploy_nodes(&op.dialer, &op.nodes, &a.release, a.activate, a.json).await;
         op.dialer.close().await;
@@ -303,8 +304,9 @@ fn report_outcomes(out: &[NodeOutcome], json: bool, release: &str, activate: boo
 
 /// `switch RELEASE --cluster` / `rollback --cluster`.
 pub fn remote_switch(c: &ClusterArgs, release: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
-    let op = c.open(&need_cluster(c)?)?;
     let rt = runtime()?;
+    let _in_rt = rt.enter();
+    let op = c.open(&need_cluster(c)?)?;
     let req = match release {
         Some(r) => Request::Switch { release: r.to_string() },
         None => Request::Rollback,
@@ -349,11 +351,12 @@ pub fn remote_switch(c: &ClusterArgs, release: Option<&str>, json: bool) -> anyh
 /// `status --cluster`.
 pub fn remote_status(c: &ClusterArgs, json: bool) -> anyhow::Result<ExitCode> {
     let path = need_cluster(c)?;
+    let rt = runtime()?;
+    let _in_rt = rt.enter();
     let mut op = c.open(&path)?;
     if c.nodes.is_none() {
         op.nodes = op.cluster.nodes.clone();
     }
-    let rt = runtime()?;
     let reports = rt.block_on(async {
         let r = client::status_all(&op.dialer, &op.nodes, Duration::from_millis(900)).await;
         op.dialer.close().await;
