@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch, Semaphore};
 
+/// In a node root: the name of the release being staged, while it is.
+const STAGING_FILE: &str = "staging";
 /// Chunk batches served at once by one agent; more requests are answered "busy" and go elsewhere.
 const UPLOAD_SLOTS: usize = 8;
 /// Most chunk bytes sent in answer to one `GetChunks` (the rest of the batch is left unanswered).
@@ -238,6 +240,14 @@ impl Agent {
     pub async fn serve(self: Arc<Self>, desired: Option<std::path::PathBuf>) -> anyhow::Result<()> {
         let ep = self.endpoint.clone().ok_or_else(|| anyhow::anyhow!("this agent does not listen"))?;
         tracing::info!("agent {} listening on {}", self.name, ep.local_addr()?);
+        if let Some(node) = &self.node {
+            if let Ok(name) = std::fs::read_to_string(node.root().join(STAGING_FILE)) {
+                tracing::info!("resuming the staging of {name} that was interrupted");
+                if let Err((_, e)) = self.start_job(name.trim()) {
+                    tracing::warn!("cannot resume the staging of {name}: {e}");
+                }
+            }
+        }
         if let Some(path) = desired {
             let me = self.clone();
             tokio::spawn(async move { me.converge_loop(path).await });
@@ -581,6 +591,12 @@ impl Agent {
             result: watch::channel(None).0,
         });
         *slot = Some(job.clone());
+        // Remembered until it ends, so that an agent restarted mid-transfer takes it up again.
+        if let Some(node) = &self.node {
+            if let Err(e) = crate::fsx::write_atomic(node.root(), STAGING_FILE, name.as_bytes()) {
+                tracing::warn!("cannot record the staging of {name}: {e}");
+            }
+        }
         let (me, j) = (self.clone(), job.clone());
         tokio::spawn(async move {
             let t0 = Instant::now();
@@ -597,6 +613,9 @@ impl Agent {
             }
             *me.last.lock().unwrap_or_else(|e| e.into_inner()) =
                 (Some(j.progress.borrow().clone()), r.as_ref().err().cloned());
+            if let Some(node) = &me.node {
+                let _ = std::fs::remove_file(node.root().join(STAGING_FILE));
+            }
             *me.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
             j.result.send_replace(Some(r));
         });
