@@ -178,7 +178,7 @@ fn main() {
                 }
                 2 => {
                     let node = new_node(&node_dir(k), &prefix);
-                    let opts = InstallOptions { from: Some(&pub_repo) };
+                    let opts = InstallOptions { from: Some(&pub_repo), trust: None };
                     let (r, s) = timed(|| install(&node, "r1", &opts, &NoProgress).expect("install r1"));
                     (i1, t[4]) = (Some(r), s);
                 }
@@ -219,7 +219,7 @@ fn main() {
                     done(&cpal);
                 }
                 1 => {
-                    let opts = InstallOptions { from: Some(&pub_repo) };
+                    let opts = InstallOptions { from: Some(&pub_repo), trust: None };
                     let (r, s) = timed(|| install(&node, "r2", &opts, &NoProgress).expect("install r2"));
                     (i2, t[1]) = (Some(r), s);
                 }

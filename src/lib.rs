@@ -19,4 +19,6 @@ pub mod publish;
 pub mod scan;
 pub mod statcache;
 pub mod store;
+#[cfg(test)]
+mod testvec;
 pub mod treegen;

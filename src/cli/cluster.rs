@@ -443,7 +443,7 @@ pub fn ensure(a: EnsureArgs) -> anyhow::Result<ExitCode> {
             let mut changed = false;
             let installed = n.repo.read_ref(&a.release)?.is_some_and(|id| n.is_installed(&id));
             if !installed {
-                let opts = crate::node::InstallOptions { from: Some(&repo) };
+                let opts = crate::node::InstallOptions { from: Some(&repo), trust: None };
                 crate::node::install(&n, &a.release, &opts, &crate::publish::NoProgress)?;
                 changed = true;
             }

@@ -83,7 +83,7 @@ pub fn install(a: InstallArgs) -> anyhow::Result<ExitCode> {
     let n = Node::open(&a.node.node)?;
     let from = a.from.as_ref().map(|p| Repository::open(p)).transpose()?;
     let bar = Bar::new(a.json);
-    let res = node::install(&n, &a.release, &node::InstallOptions { from: from.as_ref() }, &bar);
+    let res = node::install(&n, &a.release, &node::InstallOptions { from: from.as_ref(), trust: None }, &bar);
     bar.finish();
     let r = res?;
     if a.json {
@@ -127,6 +127,14 @@ pub struct SwitchFlags {
 }
 
 impl SwitchFlags {
+    /// --allow-relocate and --no-hooks are not part of a remote order.
+    fn local_only(&self) -> anyhow::Result<()> {
+        if self.allow_relocate || self.no_hooks {
+            anyhow::bail!("--allow-relocate and --no-hooks apply to a local switch (--node) only, not to --cluster");
+        }
+        Ok(())
+    }
+
     fn options(&self) -> SwitchOptions {
         SwitchOptions { allow_relocate: self.allow_relocate, no_hooks: self.no_hooks }
     }
@@ -179,6 +187,7 @@ fn local_node(node: &Option<PathBuf>) -> anyhow::Result<&PathBuf> {
 
 pub fn switch(a: SwitchArgs) -> anyhow::Result<ExitCode> {
     if a.flags.node.is_none() && a.flags.cluster.cluster.is_some() {
+        a.flags.local_only()?;
         return super::cluster::remote_switch(&a.flags.cluster, Some(&a.release), a.flags.json);
     }
     let n = Node::open(local_node(&a.flags.node)?)?;
@@ -188,6 +197,7 @@ pub fn switch(a: SwitchArgs) -> anyhow::Result<ExitCode> {
 
 pub fn rollback(a: SwitchFlags) -> anyhow::Result<ExitCode> {
     if a.node.is_none() && a.cluster.cluster.is_some() {
+        a.local_only()?;
         return super::cluster::remote_switch(&a.cluster, None, a.json);
     }
     let n = Node::open(local_node(&a.node)?)?;

@@ -23,12 +23,20 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch, Semaphore};
 
+/// In a node root: the desired state last reached (TOML, as the desired file).
+const DESIRED_DONE_FILE: &str = "desired-reached.toml";
 /// In a node root: the name of the release being staged, while it is.
 const STAGING_FILE: &str = "staging";
 /// Chunk batches served at once by one agent; more requests are answered "busy" and go elsewhere.
 const UPLOAD_SLOTS: usize = 8;
 /// Most chunk bytes sent in answer to one `GetChunks` (the rest of the batch is left unanswered).
 const RESPONSE_BUDGET: usize = 4 << 20;
+/// How long a peer that did not answer a dial is not dialled again.
+const REDIAL: Duration = Duration::from_secs(3);
+/// Upload slots one peer may hold at once.
+const UPLOAD_SLOTS_PER_PEER: u32 = 4;
+/// How long reading a request, or writing one frame of an answer, may take.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a peer that sent a bad chunk is avoided.
 const BAN: Duration = Duration::from_secs(600);
 
@@ -69,6 +77,8 @@ pub struct Agent {
     job: Mutex<Option<Arc<Job>>>,
     last: Mutex<(Option<Progress>, Option<String>)>,
     upload: Arc<Semaphore>,
+    upload_by_peer: Mutex<HashMap<String, u32>>,
+    unreachable: Mutex<HashMap<String, Instant>>,
     /// Chunk batches being received at once, all peers together (bounds memory).
     pub(crate) inflight: Arc<Semaphore>,
     refused: AtomicU64,
@@ -102,7 +112,7 @@ impl Agent {
                 cfg.name
             );
         }
-        let mut trust = cluster.trust().map_err(anyhow::Error::msg)?;
+        let trust = cluster.trust().map_err(anyhow::Error::msg)?;
         let (node, seed) = match (&cfg.node, &cfg.repo) {
             (Some(root), _) => {
                 if !root.join(crate::node::CONFIG_FILE).exists() {
@@ -126,12 +136,9 @@ impl Agent {
                         },
                     )?;
                 }
+                // The cluster file is the authority on publisher keys (its keys are copied into a node.toml the
+                // agent makes, for local commands; a key removed from the cluster file is no longer trusted).
                 let node = Node::open(root)?;
-                // The node's own keys add to the cluster's.
-                if let (Trust::Keys(k), Ok(Trust::Keys(own))) = (&mut trust, node.trust()) {
-                    k.extend(own);
-                }
-                node.repo.clean_tmp()?;
                 (Some(Arc::new(node)), None)
             }
             (None, Some(repo)) => (None, Some(Arc::new(Repository::open(repo)?))),
@@ -169,6 +176,8 @@ impl Agent {
             job: Mutex::new(None),
             last: Mutex::new((None, None)),
             upload: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
+            upload_by_peer: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashMap::new()),
             inflight: Arc::new(Semaphore::new(32)),
             refused: AtomicU64::new(0),
             served: AtomicU64::new(0),
@@ -231,9 +240,23 @@ impl Agent {
                 return Ok(c.clone());
             }
         }
-        let c = self.dialer.connect(peer).await?;
-        *g = Some(c.clone());
-        Ok(c)
+        // A peer that did not answer is not dialled again for a few seconds (every dial costs a timeout).
+        if let Some(when) = self.unreachable.lock().unwrap_or_else(|e| e.into_inner()).get(&peer.name) {
+            if when.elapsed() < REDIAL {
+                return Err(format!("{} did not answer {:.0} s ago", peer.name, when.elapsed().as_secs_f64()));
+            }
+        }
+        match self.dialer.connect(peer).await {
+            Ok(c) => {
+                self.unreachable.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer.name);
+                *g = Some(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                self.unreachable.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.name.clone(), Instant::now());
+                Err(e)
+            }
+        }
     }
 
     /// Serves until the process is stopped; also converges to the desired file if one is configured.
@@ -287,6 +310,14 @@ impl Agent {
                 return;
             }
         };
+        // A node certificate is honoured only for a node of the cluster file: removing a node from the file
+        // revokes it without a new CA.
+        if peer.role == Role::Node && !self.peers.iter().any(|p| p.name == peer.name) {
+            self.refused.fetch_add(1, Relaxed);
+            tracing::warn!("refused {} from {remote}: not a node of the cluster file", peer.name);
+            conn.close(1u32.into(), b"not in the cluster file");
+            return;
+        }
         tracing::debug!("{} ({:?}) connected from {remote}", peer.name, peer.role);
         // Three malformed requests close the connection.
         let malformed = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -308,7 +339,9 @@ impl Agent {
         mut tx: quinn::SendStream,
         mut rx: quinn::RecvStream,
     ) -> bool {
-        let req = match wire::read_msg::<Request, _>(&mut rx, MAX_REQUEST).await {
+        let read = tokio::time::timeout(IO_TIMEOUT, wire::read_msg::<Request, _>(&mut rx, MAX_REQUEST)).await;
+        let read = read.unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()));
+        let req = match read {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("malformed request from {}: {e}", peer.name);
@@ -508,6 +541,9 @@ impl Agent {
         let Ok(_permit) = self.upload.clone().try_acquire_owned() else {
             return Err((E_BUSY, "all upload slots busy".into()));
         };
+        let Some(_mine) = PeerSlot::take(self, &peer.name) else {
+            return Err((E_BUSY, format!("{} already holds {UPLOAD_SLOTS_PER_PEER} upload slots", peer.name)));
+        };
         let list = self.chunk_list(release).await?;
         if let Some(bad) = indices.iter().find(|&&i| i as usize >= list.len()) {
             return Err((E_MALFORMED, format!("chunk index {bad} out of range ({} chunks)", list.len())));
@@ -554,7 +590,10 @@ impl Agent {
                     }
                     None => Response::NotHere { index },
                 };
-                tx.write_all(&wire::encode(&msg)).await.map_err(io)?;
+                match tokio::time::timeout(IO_TIMEOUT, tx.write_all(&wire::encode(&msg))).await {
+                    Ok(r) => r.map_err(io)?,
+                    Err(_) => return Err((E_INTERNAL, "the peer does not read its answer".into())),
+                }
             }
         }
         tx.write_all(&wire::encode(&Response::End)).await.map_err(io)
@@ -759,7 +798,11 @@ impl Agent {
     /// Watches the desired file: converges when it changes (and at start). An operator's later order is not
     /// undone until the file changes again: the file states intent, it does not fight the operator.
     async fn converge_loop(self: Arc<Self>, path: std::path::PathBuf) {
-        let mut done: Option<DesiredFile> = None;
+        // What was last reached is kept in the node root, so that a restart does not undo an operator's later
+        // order either.
+        let done_path = self.node.as_ref().map(|n| n.root().join(DESIRED_DONE_FILE));
+        let mut done: Option<DesiredFile> =
+            done_path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).and_then(|t| toml::from_str(&t).ok());
         let mut wait = Duration::from_millis(100);
         loop {
             tokio::time::sleep(wait).await;
@@ -787,6 +830,11 @@ impl Agent {
             match self.ensure(&d).await {
                 Ok(_) => {
                     set("converged".into());
+                    if let (Some(node), Ok(text)) = (&self.node, toml::to_string(&d)) {
+                        if let Err(e) = crate::fsx::write_atomic(node.root(), DESIRED_DONE_FILE, text.as_bytes()) {
+                            tracing::warn!("cannot record the desired state reached: {e}");
+                        }
+                    }
                     done = Some(d);
                 }
                 Err(e) => {
@@ -794,6 +842,33 @@ impl Agent {
                     set(format!("failed: {e}"));
                     wait = Duration::from_secs(10);
                 }
+            }
+        }
+    }
+}
+
+/// One of a peer's upload slots, given back when dropped.
+struct PeerSlot<'a>(&'a Agent, String);
+
+impl<'a> PeerSlot<'a> {
+    fn take(agent: &'a Agent, peer: &str) -> Option<Self> {
+        let mut m = agent.upload_by_peer.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(peer.to_string()).or_insert(0);
+        if *n >= UPLOAD_SLOTS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Self(agent, peer.to_string()))
+    }
+}
+
+impl Drop for PeerSlot<'_> {
+    fn drop(&mut self) {
+        let mut m = self.0.upload_by_peer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.1);
             }
         }
     }

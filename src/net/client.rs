@@ -38,7 +38,19 @@ impl Dialer {
             .connect_with(self.cfg.clone(), addr, &node.name)
             .map_err(|e| format!("{} ({}): {e}", node.name, node.address))?;
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-            Ok(Ok(c)) => Ok(c),
+            // The name was checked by TLS; the role must be a node's (an operator certificate issued under a
+            // node's name must not pass for that node).
+            Ok(Ok(c)) => match super::tls::PeerCert::of(&c) {
+                Ok(p) if p.role == super::tls::Role::Node => Ok(c),
+                Ok(p) => {
+                    c.close(1u32.into(), b"not a node certificate");
+                    Err(format!(
+                        "{} ({}): its certificate has the {:?} role, not node",
+                        node.name, node.address, p.role
+                    ))
+                }
+                Err(e) => Err(format!("{} ({}): {e}", node.name, node.address)),
+            },
             Ok(Err(e)) => Err(format!("{} ({}): {e}", node.name, node.address)),
             Err(_) => {
                 Err(format!("{} ({}): no answer within {} s", node.name, node.address, CONNECT_TIMEOUT.as_secs()))
@@ -98,9 +110,22 @@ pub async fn recv(rx: &mut quinn::RecvStream) -> Result<Response, CallError> {
 
 /// One request, one response, within `timeout`.
 pub async fn call(conn: &quinn::Connection, req: &Request, timeout: Duration) -> Result<Response, String> {
+    call_capped(conn, req, timeout, MAX_RESPONSE).await
+}
+
+/// [`call`] with another cap on the response frame (a manifest may be larger than a chunk frame).
+pub async fn call_capped(
+    conn: &quinn::Connection,
+    req: &Request,
+    timeout: Duration,
+    cap: usize,
+) -> Result<Response, String> {
     let go = async {
         let mut rx = send(conn, req).await?;
-        recv(&mut rx).await.map_err(String::from)
+        match wire::read_msg::<Response, _>(&mut rx, cap).await.map_err(|e| e.to_string())? {
+            Response::Error { code, message } => Err(format!("{message} (error {code})")),
+            r => Ok(r),
+        }
     };
     tokio::time::timeout(timeout, go).await.map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
 }

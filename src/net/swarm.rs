@@ -89,13 +89,23 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
     }
     // The manifests it lacks, each checked against its id.
     job.set_progress(|p| p.phase = "manifests".into());
-    let mut new_manifests = Vec::new();
-    for part in &release.parts {
-        if node.repo.has_manifest(&part.manifest) || new_manifests.iter().any(|(i, _)| *i == part.manifest) {
-            continue;
-        }
-        let m = fetch_manifest(agent, &part.manifest).await?;
-        new_manifests.push((part.manifest, m));
+    let mut wanted: Vec<crate::id::ManifestId> =
+        release.parts.iter().map(|p| p.manifest).filter(|m| !node.repo.has_manifest(m)).collect();
+    wanted.sort();
+    wanted.dedup();
+    // Several at once (a release has tens of parts); each from the first peer that has it.
+    let mut new_manifests = Vec::with_capacity(wanted.len());
+    let gate = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut set = tokio::task::JoinSet::new();
+    for id in wanted {
+        let (a, g) = (agent.clone(), gate.clone());
+        set.spawn(async move {
+            let _p = g.acquire_owned().await;
+            fetch_manifest(&a, &id).await.map(|m| (id, m))
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        new_manifests.push(r.map_err(err)??);
     }
     // The writer thread holds the repository's exclusive lock until the end; it first stores the release and
     // the manifests so that this node can answer for them at once.
@@ -146,13 +156,17 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
     let fetched = fetch(agent, job, id, list, missing, wtx.clone()).await;
     *job.announce.lock().unwrap_or_else(|e| e.into_inner()) = None;
     let (ack, acked) = tokio::sync::oneshot::channel();
-    let finish = wtx.send(Write::Finish(name.clone(), id, ack)).await;
+    // The ref is written only for a complete release; otherwise what was verified is committed, unnamed.
+    let named = fetched.is_ok().then(|| (name.clone(), id));
+    let finish = wtx.send(Write::Finish(named, ack)).await;
     drop(wtx);
     let committed = match finish {
         Ok(()) => acked.await.unwrap_or(Err("the writer stopped".into())),
         Err(_) => Err("the writer stopped".into()),
     };
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    // Anything still pending was not committed: it must not be served as if this node had it.
+    agent.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
     if let Some(e) = writer_failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
         return Err(format!(
             "storing what was fetched failed: {e} (what was verified before is kept; the active release is untouched)"
@@ -162,10 +176,11 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
     committed?;
     // Install through the node code: plan checked before any write, files from chunks or hardlinks.
     job.set_progress(|p| p.phase = "installing".into());
-    let (n2, nm) = (node.clone(), name.clone());
+    let (n2, nm, trust) = (node.clone(), name.clone(), agent.trust.clone());
     let j2 = job.clone();
     tokio::task::spawn_blocking(move || {
-        crate::node::install(&n2, &nm, &crate::node::InstallOptions::default(), &JobProgress(j2))
+        let opts = crate::node::InstallOptions { from: None, trust: Some(&trust) };
+        crate::node::install(&n2, &nm, &opts, &JobProgress(j2))
     })
     .await
     .map_err(err)?
@@ -230,7 +245,8 @@ async fn fetch_manifest(agent: &Arc<Agent>, id: &crate::id::ManifestId) -> Resul
                 continue;
             }
         };
-        match client::call(&conn, &Request::GetManifest { id: *id }, Duration::from_secs(20)).await {
+        let cap = crate::manifest::MAX_MANIFEST_BYTES + 64;
+        match client::call_capped(&conn, &Request::GetManifest { id: *id }, Duration::from_secs(60), cap).await {
             Ok(Response::Manifest { bytes }) => match decode_manifest(id, &bytes) {
                 Ok(m) => return Ok(m),
                 Err(e) => {
@@ -248,7 +264,7 @@ async fn fetch_manifest(agent: &Arc<Agent>, id: &crate::id::ManifestId) -> Resul
 enum Write {
     Objects(SignedRelease, Vec<PartManifest>, tokio::sync::oneshot::Sender<Result<(), String>>),
     Chunks(Vec<(ChunkId, Arc<Vec<u8>>)>),
-    Finish(String, ReleaseId, tokio::sync::oneshot::Sender<Result<(), String>>),
+    Finish(Option<(String, ReleaseId)>, tokio::sync::oneshot::Sender<Result<(), String>>),
 }
 
 /// Owns the repository's write lock and transactions: stores what it is sent, commits every few seconds.
@@ -308,10 +324,10 @@ fn writer(agent: Arc<Agent>, node: Arc<Node>, mut rx: tokio::sync::mpsc::Receive
                 })();
                 r?;
             }
-            Write::Finish(name, id, ack) => {
-                let r = commit(&mut txn, &mut batch_ids).and_then(|()| {
-                    let t = repo.begin(&lock).map_err(err)?;
-                    t.commit(&name, id).map_err(err)
+            Write::Finish(named, ack) => {
+                let r = commit(&mut txn, &mut batch_ids).and_then(|()| match named {
+                    Some((name, id)) => repo.begin(&lock).map_err(err)?.commit(&name, id).map_err(err),
+                    None => Ok(()),
                 });
                 let _ = ack.send(r.clone());
                 return r;
@@ -376,10 +392,7 @@ impl Sched {
 
     fn forget(&mut self, p: usize, i: u32) {
         if let Some(bm) = self.haves[p].as_mut() {
-            if bm.get(i) {
-                let mut bytes = bm.bytes().to_vec();
-                bytes[(i / 8) as usize] &= !(1 << (i % 8));
-                *bm = Bitmap::from_bytes(bytes, bm.len()).expect("same length");
+            if bm.clear(i) {
                 self.counts[i as usize] = self.counts[i as usize].saturating_sub(1);
             }
         }
@@ -387,9 +400,9 @@ impl Sched {
 
     /// A batch for peer `p`: the rarest of a random sample of the chunks it has that are needed. When nothing
     /// is needed any more but some are in flight elsewhere (the end game), a few of those are asked again.
-    fn pick(&mut self, p: usize, lens: &[u32]) -> Vec<u32> {
+    fn pick(&mut self, p: usize, lens: &[u32]) -> (Vec<u32>, bool) {
         if self.haves[p].is_none() {
-            return Vec::new();
+            return (Vec::new(), false);
         }
         if self.order.len() > 1024 && self.order.len() > 2 * self.remaining {
             let state = &self.state;
@@ -397,7 +410,7 @@ impl Sched {
         }
         let n = self.order.len();
         if n == 0 {
-            return Vec::new();
+            return (Vec::new(), false);
         }
         let endgame = self.needed == 0;
         let want = if endgame { 2 } else { 1 };
@@ -429,7 +442,7 @@ impl Sched {
             }
             self.needed -= out.len();
         }
-        out
+        (out, endgame)
     }
 
     /// Chunks asked and not received go back to needed.
@@ -465,11 +478,24 @@ struct Swarm {
     wake: Notify,
     done: AtomicBool,
     chunks: AtomicU64,
+    /// Bytes received (compressed, as sent).
     bytes: AtomicU64,
-    active: Mutex<std::collections::HashSet<usize>>,
+    /// Uncompressed bytes of the chunks received (progress is counted in these).
+    raw: AtomicU64,
+    /// Requests in flight, per peer.
+    active: Mutex<std::collections::HashMap<usize, u32>>,
 }
 
 impl Swarm {
+    fn sending(&self, p: usize, d: i32) {
+        let mut a = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        let n = a.entry(p).or_insert(0);
+        *n = n.saturating_add_signed(d);
+        if *n == 0 {
+            a.remove(&p);
+        }
+    }
+
     fn sched(&self) -> std::sync::MutexGuard<'_, Sched> {
         self.sched.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -513,6 +539,7 @@ async fn fetch(
         done: AtomicBool::new(false),
         chunks: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
+        raw: AtomicU64::new(0),
         active: Mutex::new(Default::default()),
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -546,7 +573,7 @@ async fn fetch(
         };
         let peers_now = swarm.active.lock().unwrap_or_else(|e| e.into_inner()).len() as u32;
         job.set_progress(|p| {
-            p.bytes_done = bytes;
+            p.bytes_done = swarm.raw.load(Relaxed);
             p.chunks_done = swarm.chunks.load(Relaxed);
             p.rate = rate;
             p.peers = peers_now;
@@ -635,19 +662,25 @@ async fn worker(
     let mut backoff = Duration::from_millis(250);
     let mut busy = Duration::from_millis(25);
     while !swarm.done.load(Relaxed) && !agent.is_banned(&peer.name) {
-        let batch = swarm.sched().pick(p, &swarm.list.lens);
+        // The slot first, then the pick: a batch is reserved only while it can be fetched at once.
+        let Ok(permit) = agent.inflight.clone().acquire_owned().await else { return };
+        let (batch, endgame) = swarm.sched().pick(p, &swarm.list.lens);
         if batch.is_empty() {
+            drop(permit);
             let _ = tokio::time::timeout(Duration::from_millis(200), swarm.wake.notified()).await;
             continue;
         }
-        let permit = agent.inflight.clone().acquire_owned().await;
-        swarm.active.lock().unwrap_or_else(|e| e.into_inner()).insert(p);
+        swarm.sending(p, 1);
         let r = get_batch(&agent, &swarm, &peer, &batch).await;
-        drop(permit);
-        swarm.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&p);
+        swarm.sending(p, -1);
+        // What an end-game batch did not get is still asked elsewhere: nothing to put back.
+        let requeue = |s: &mut Sched, idx: &[u32]| {
+            if !endgame {
+                s.requeue(idx);
+            }
+        };
         match r {
             Ok(Batch { objects, lacks }) => {
-                let asked = batch.clone();
                 let list = swarm.list.clone();
                 let verified = tokio::task::spawn_blocking(move || {
                     let bad = objects
@@ -660,20 +693,34 @@ async fn worker(
                     (objects, bad)
                 })
                 .await;
-                let Ok((objects, bad)) = verified else { break };
+                let Ok((objects, bad)) = verified else {
+                    requeue(&mut swarm.sched(), &batch);
+                    swarm.wake.notify_waiters();
+                    return;
+                };
                 if let Some(i) = bad {
-                    swarm.sched().requeue(&asked);
+                    {
+                        let mut s = swarm.sched();
+                        requeue(&mut s, &batch);
+                        s.set_have(p, Bitmap::new(swarm.list.len() as u32));
+                    }
                     agent.ban(&peer.name, &format!("chunk {i} that does not match its hash")).await;
                     swarm.wake.notify_waiters();
                     return;
                 }
-                let mut got = Vec::with_capacity(objects.len());
+                // The writer's queue slot is taken before the chunks count as got, so that a fetch that ends
+                // at once (the last chunks) never drops a batch on the way to the writer.
+                let Ok(slot) = wtx.reserve().await else {
+                    requeue(&mut swarm.sched(), &batch);
+                    return;
+                };
                 let mut new = Vec::new();
                 {
                     let mut pend = agent.pending.lock().unwrap_or_else(|e| e.into_inner());
                     let mut s = swarm.sched();
+                    let mut got = std::collections::HashSet::with_capacity(objects.len());
                     for (i, o) in objects {
-                        got.push(i);
+                        got.insert(i);
                         if s.complete(i) {
                             let o = Arc::new(o);
                             pend.insert(swarm.list.ids[i as usize], o.clone());
@@ -684,12 +731,14 @@ async fn worker(
                     for &i in &lacks {
                         s.forget(p, i);
                     }
-                    let got: std::collections::HashSet<u32> = got.into_iter().collect();
-                    let missed: Vec<u32> = asked.iter().copied().filter(|i| !got.contains(i)).collect();
-                    s.requeue(&missed);
+                    let missed: Vec<u32> = batch.iter().copied().filter(|i| !got.contains(i)).collect();
+                    requeue(&mut s, &missed);
                 }
-                let (nbytes, nchunks) = (new.iter().map(|(_, o)| o.len() as u64).sum::<u64>(), new.len() as u64);
+                let nbytes = new.iter().map(|(_, o)| o.len() as u64).sum::<u64>();
+                let nraw = new.iter().map(|(i, _)| u64::from(swarm.list.lens[*i as usize])).sum::<u64>();
+                let nchunks = new.len() as u64;
                 swarm.bytes.fetch_add(nbytes, Relaxed);
+                swarm.raw.fetch_add(nraw, Relaxed);
                 swarm.chunks.fetch_add(nchunks, Relaxed);
                 agent.stat(&peer.name, |s| {
                     s.bytes_in += nbytes;
@@ -706,30 +755,35 @@ async fn worker(
                     }
                 }
                 let items = new.into_iter().map(|(i, o)| (swarm.list.ids[i as usize], o)).collect();
-                if wtx.send(Write::Chunks(items)).await.is_err() {
-                    return;
-                }
+                slot.send(Write::Chunks(items));
+                drop(permit);
                 swarm.wake.notify_waiters();
                 backoff = Duration::from_millis(250);
                 busy = Duration::from_millis(25);
             }
             Err(Fail::Busy) => {
-                swarm.sched().requeue(&batch);
+                drop(permit);
+                requeue(&mut swarm.sched(), &batch);
                 swarm.wake.notify_waiters();
                 let jitter = swarm.sched().rand() % 50;
                 tokio::time::sleep(busy + Duration::from_millis(jitter)).await;
                 busy = (busy * 2).min(Duration::from_millis(800));
             }
             Err(Fail::Lie(e)) => {
-                swarm.sched().requeue(&batch);
+                {
+                    let mut s = swarm.sched();
+                    requeue(&mut s, &batch);
+                    s.set_have(p, Bitmap::new(swarm.list.len() as u32));
+                }
                 agent.ban(&peer.name, &e).await;
                 swarm.wake.notify_waiters();
                 return;
             }
             Err(Fail::Other(e)) => {
+                drop(permit);
                 tracing::debug!("batch from {} failed: {e}", peer.name);
                 agent.stat(&peer.name, |s| s.errors += 1);
-                swarm.sched().requeue(&batch);
+                requeue(&mut swarm.sched(), &batch);
                 swarm.wake.notify_waiters();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(8));

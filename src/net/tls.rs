@@ -177,7 +177,7 @@ fn pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// What identifies one end: the cluster CA, and this end's certificate and key.
 #[derive(Clone)]
 pub struct Identity {
-    ca: CertificateDer<'static>,
+    ca: Vec<CertificateDer<'static>>,
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
     /// The name in this end's certificate.
@@ -189,7 +189,8 @@ pub struct Identity {
 impl Identity {
     /// Loads the CA certificate and this end's certificate and key (PEM files).
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        let ca_cert = pem_certs(ca)?.remove(0);
+        // Every certificate of the CA file is a root: during a CA rotation it holds the old and the new.
+        let ca_cert = pem_certs(ca)?;
         let chain = pem_certs(cert)?;
         let key_der = pem_key(key)?;
         let peer = PeerCert::parse(&chain[0]).map_err(|e| TlsError::Bad(format!("{}: {e}", cert.display())))?;
@@ -198,7 +199,9 @@ impl Identity {
 
     fn roots(&self) -> Result<Arc<rustls::RootCertStore>, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).map_err(|e| TlsError::Bad(format!("the CA certificate: {e}")))?;
+        for c in &self.ca {
+            roots.add(c.clone()).map_err(|e| TlsError::Bad(format!("the CA certificate: {e}")))?;
+        }
         Ok(Arc::new(roots))
     }
 

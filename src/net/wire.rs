@@ -132,9 +132,9 @@ pub struct Progress {
     pub release: String,
     /// `finding`, `manifests`, `fetching`, `installing`, `staged`, `failed`.
     pub phase: String,
-    /// Compressed bytes fetched so far in this staging.
+    /// Uncompressed bytes of the chunks fetched so far in this staging.
     pub bytes_done: u64,
-    /// Compressed bytes to fetch in all (estimated from raw sizes until known).
+    /// Uncompressed bytes of the chunks to fetch.
     pub bytes_total: u64,
     /// Chunks fetched.
     pub chunks_done: u64,
@@ -142,7 +142,7 @@ pub struct Progress {
     pub chunks_total: u64,
     /// Peers currently sending.
     pub peers: u32,
-    /// Bytes per second over the last seconds.
+    /// Bytes per second received (compressed, as sent) over the last 3 seconds.
     pub rate: u64,
 }
 
@@ -327,9 +327,15 @@ impl Bitmap {
     pub fn new(n: u32) -> Self {
         Self { bits: vec![0; (n as usize).div_ceil(8)], n }
     }
-    /// From wire bytes; `None` if the length does not match `n`.
+    /// From wire bytes; `None` if the length does not match `n` or a padding bit (past `n`) is set.
     pub fn from_bytes(bits: Vec<u8>, n: u32) -> Option<Self> {
-        (bits.len() == (n as usize).div_ceil(8)).then_some(Self { bits, n })
+        if bits.len() != (n as usize).div_ceil(8) {
+            return None;
+        }
+        if n % 8 != 0 && bits.last().is_some_and(|b| b >> (n % 8) != 0) {
+            return None;
+        }
+        Some(Self { bits, n })
     }
     /// Wire bytes.
     pub fn bytes(&self) -> &[u8] {
@@ -355,6 +361,16 @@ impl Bitmap {
         let (b, m) = ((i / 8) as usize, 1u8 << (i % 8));
         let was = self.bits[b] & m == 0;
         self.bits[b] |= m;
+        was
+    }
+    /// Clears bit `i`; returns whether it was set. Out of range: no-op, false.
+    pub fn clear(&mut self, i: u32) -> bool {
+        if i >= self.n {
+            return false;
+        }
+        let (b, m) = ((i / 8) as usize, 1u8 << (i % 8));
+        let was = self.bits[b] & m != 0;
+        self.bits[b] &= !m;
         was
     }
     /// How many bits are set.

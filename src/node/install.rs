@@ -21,6 +21,8 @@ use std::time::Instant;
 pub struct InstallOptions<'a> {
     /// Copy what the node lacks from this repository (else the release must already be in the node's).
     pub from: Option<&'a Repository>,
+    /// Which publisher keys to accept instead of the node's `trusted_keys` (an agent passes its cluster's).
+    pub trust: Option<&'a Trust>,
 }
 
 /// What an install did.
@@ -59,7 +61,10 @@ pub fn install(
 ) -> Result<InstallReport, NodeError> {
     let t0 = Instant::now();
     let _lock = node.lock()?;
-    let trust = node.trust()?;
+    let trust = match opts.trust {
+        Some(t) => t.clone(),
+        None => node.trust()?,
+    };
     let mut report = InstallReport {
         release: String::new(),
         id: String::new(),

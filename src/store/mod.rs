@@ -130,8 +130,8 @@ pub struct Repository {
     index: std::sync::OnceLock<RwLock<ChunkIndex>>,
     /// The pack directory's mtime when the index was last read (see [`Repository::refresh`]).
     index_stamp: Mutex<Option<std::time::SystemTime>>,
-    /// Open pack files, by pack number.
-    open_packs: Mutex<HashMap<u32, Arc<File>>>,
+    /// Open pack files, by pack name (numbers change when the index is reloaded).
+    open_packs: Mutex<HashMap<String, Arc<File>>>,
 }
 
 /// Seconds since the Unix epoch, now.
@@ -293,14 +293,29 @@ impl Repository {
 
     /// Re-reads the pack indexes if another process changed the pack directory since they were read (a
     /// long-running agent serves a repository that `publish` or `gc` change). Returns whether it did.
+    /// Packs are only ever added (by commits) or removed (by gc): new ones are added to the index in place,
+    /// under its write lock, so that a concurrent commit of this process is never lost; a vanished one makes
+    /// a full reload. The mtime check is only a shortcut: with a coarse clock a change may share the stamp's
+    /// tick, so a stamp younger than 2 s does not count as "unchanged".
     pub fn refresh(&self) -> Result<bool, StoreError> {
         let now = self.packs_stamp();
         let old = *self.index_stamp.lock().unwrap_or_else(|e| e.into_inner());
-        if self.index.get().is_some() && now == old {
+        let fresh = now.and_then(|t| t.elapsed().ok()).is_some_and(|age| age < std::time::Duration::from_secs(2));
+        if self.index.get().is_some() && now == old && !fresh {
             return Ok(false);
         }
-        self.reload_index()?;
-        Ok(true)
+        *self.index_stamp.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        let before = self.chunk_index().packs.len();
+        let complete = {
+            let lock = self.index_lock();
+            let mut idx = lock.write().unwrap_or_else(|e| e.into_inner());
+            idx.add_new(&self.packs_dir())?
+        };
+        if !complete {
+            self.reload_index()?;
+            return Ok(true);
+        }
+        Ok(self.chunk_index().packs.len() != before)
     }
 
     /// Re-reads the pack indexes from disk (after a gc rewrote packs).
@@ -374,7 +389,7 @@ impl Repository {
         let path = self.pack_path(&name);
         let file = {
             let mut open = self.open_packs.lock().unwrap_or_else(|e| e.into_inner());
-            match open.get(&loc.pack) {
+            match open.get(&name) {
                 Some(f) => f.clone(),
                 None => {
                     let f = Arc::new(
@@ -384,7 +399,7 @@ impl Repository {
                             .open(&path)
                             .map_err(StoreError::io(&path))?,
                     );
-                    open.insert(loc.pack, f.clone());
+                    open.insert(name.clone(), f.clone());
                     f
                 }
             }

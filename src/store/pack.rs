@@ -77,6 +77,14 @@ impl ChunkIndex {
     /// Loads every `*.idx` of `dir` (rebuilding from the pack any that does not decode).
     pub fn load(dir: &Path) -> Result<Self, StoreError> {
         let mut idx = Self::default();
+        idx.add_new(dir)?;
+        Ok(idx)
+    }
+
+    /// Adds the packs of `dir` the index does not have yet, keeping the numbers of those it has (an open pack
+    /// file cached under its number stays right). Returns false, adding nothing, if a pack the index knows is
+    /// gone (a gc rewrote packs): the caller loads the index anew.
+    pub fn add_new(&mut self, dir: &Path) -> Result<bool, StoreError> {
         let mut names: Vec<String> = Vec::new();
         for ent in std::fs::read_dir(dir).map_err(StoreError::io(dir))? {
             let ent = ent.map_err(StoreError::io(dir))?;
@@ -86,7 +94,12 @@ impl ChunkIndex {
             }
         }
         names.sort();
-        for name in names {
+        let on_disk: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+        if self.packs.iter().any(|p| !on_disk.contains(p.as_str())) {
+            return Ok(false);
+        }
+        let known: std::collections::HashSet<String> = self.packs.iter().cloned().collect();
+        for name in names.into_iter().filter(|n| !known.contains(n)) {
             let entries = match read_index(dir, &name) {
                 Ok(e) => e,
                 Err(reason) => {
@@ -98,13 +111,18 @@ impl ChunkIndex {
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
                         Err(e) => return Err(StoreError::io(&pack)(e)),
                     };
-                    idx.rebuilt.push((name.clone(), reason));
+                    self.rebuilt.push((name.clone(), reason));
                     entries
                 }
             };
-            idx.insert_pack(name, &entries);
+            self.insert_pack(name, &entries);
         }
-        Ok(idx)
+        Ok(true)
+    }
+
+    /// Whether a pack is indexed.
+    pub fn has_pack(&self, name: &str) -> bool {
+        self.packs.iter().any(|p| p == name)
     }
 
     /// Adds a pack's entries; a chunk already indexed keeps its first place.

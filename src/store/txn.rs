@@ -162,7 +162,10 @@ impl<'r> Transaction<'r> {
         {
             let mut idx = self.repo.chunk_index_mut();
             for p in sealed {
-                idx.insert_pack(p.name, &p.entries);
+                // A refresh by another thread may have added it already.
+                if !idx.has_pack(&p.name) {
+                    idx.insert_pack(p.name, &p.entries);
+                }
             }
         }
         if let Some((ref_name, release)) = named {
