@@ -213,9 +213,11 @@ async fn stage_one(
     let mut rx = client::send(&conn, &Request::Stage { name: release.to_string() }).await?;
     let mut last_phase = String::new();
     loop {
-        let r = tokio::time::timeout(Duration::from_secs(120), client::recv(&mut rx))
+        // The agent sends its progress every 300 ms whatever the phase: silence means it is gone (a killed
+        // agent's connection would otherwise close only at QUIC's 30 s idle timeout).
+        let r = tokio::time::timeout(Duration::from_secs(10), client::recv(&mut rx))
             .await
-            .map_err(|_| "no word from the node for 120 s".to_string())?
+            .map_err(|_| "no word from the node for 10 s (is its agent running?)".to_string())?
             .map_err(String::from)?;
         match r {
             Response::Progress(p) => {

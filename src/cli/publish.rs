@@ -24,6 +24,10 @@ pub struct Args {
     /// Build prefix recorded in the release (where the tree was built); default: the tree's path.
     #[arg(long)]
     prefix: Option<PathBuf>,
+    /// Record no build prefix: nodes install the release under any prefix (for trees that do not embed their
+    /// path, and for test clusters whose nodes each have their own prefix).
+    #[arg(long, conflicts_with = "prefix")]
+    no_prefix: bool,
     /// zstd level for new chunks (-7 to 19). 1 is the default: measured on a 1 GiB stack it publishes 1.5x
     /// faster than 3 for 5% more stored bytes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(-7..=19))]
@@ -70,7 +74,11 @@ pub fn run(a: Args, verbose: u8) -> anyhow::Result<ExitCode> {
     let repo = Repository::open_or_init(&a.repo, ChunkerParams::default())?;
     let opts = PublishOptions {
         name: a.release.clone(),
-        prefix: a.prefix.as_ref().map(|p| p.as_os_str().as_bytes().to_vec()),
+        prefix: if a.no_prefix {
+            Some(Vec::new())
+        } else {
+            a.prefix.as_ref().map(|p| p.as_os_str().as_bytes().to_vec())
+        },
         level: a.level,
         scan: ScanOptions { excludes: a.exclude.clone(), skip_special: a.skip_special, allow_setuid: a.allow_setuid },
         key: key.as_ref(),

@@ -31,6 +31,8 @@ const WORKERS_PER_PEER: usize = 4;
 const COMMIT_EVERY: Duration = Duration::from_secs(2);
 /// …or after this many bytes.
 const COMMIT_BYTES: u64 = 64 << 20;
+/// How long peers are asked for a release none has yet (a deploy reaches all nodes at about the same time).
+const FIND_FOR: Duration = Duration::from_secs(15);
 /// A staging that makes no progress for this long fails, naming what is missing.
 const STALL: Duration = Duration::from_secs(60);
 
@@ -203,7 +205,7 @@ async fn find_release(
     agent: &Arc<Agent>,
     name: &str,
 ) -> Result<(ReleaseId, SignedRelease, crate::manifest::Release), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + FIND_FOR;
     let mut refused = Vec::new();
     loop {
         let mut set = tokio::task::JoinSet::new();
@@ -217,7 +219,11 @@ async fn find_release(
         while let Some(Ok((peer, r))) = set.join_next().await {
             let Ok((id, bytes)) = r else { continue };
             match check_release(&agent.trust, name, &id, &bytes) {
-                Ok((s, r)) => return Ok((id, s, r)),
+                Ok((s, r)) => {
+                    // The other asks finish on their own (their connections serve the fetch next).
+                    set.detach_all();
+                    return Ok((id, s, r));
+                }
                 Err(e) => {
                     tracing::warn!("release {name} from {peer} refused: {e}");
                     refused.push(format!("{peer}: {e}"));
@@ -226,7 +232,7 @@ async fn find_release(
         }
         if Instant::now() > deadline {
             return Err(if refused.is_empty() {
-                format!("no peer has release {name} (asked {} peers for 30 s)", agent.peers.len())
+                format!("no peer has release {name} (asked {} peers for {} s)", agent.peers.len(), FIND_FOR.as_secs())
             } else {
                 format!("release {name} refused: {}", refused.join("; "))
             });
