@@ -218,7 +218,7 @@ async fn stage_one(
         let r = tokio::time::timeout(Duration::from_secs(10), client::recv(&mut rx))
             .await
             .map_err(|_| "no word from the node for 10 s (is its agent running?)".to_string())?
-            .map_err(String::from)?;
+            .map_err(|e| client::explain(&conn, e.into()))?;
         match r {
             Response::Progress(p) => {
                 show_progress(pb, &p);

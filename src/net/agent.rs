@@ -347,6 +347,8 @@ impl Agent {
                 tracing::warn!("malformed request from {}: {e}", peer.name);
                 let _ = wire::write_msg(&mut tx, &Response::Error { code: e.code(), message: e.to_string() }).await;
                 let _ = tx.finish();
+                // The connection may be closed for this request: let the error reach the peer first.
+                let _ = tokio::time::timeout(Duration::from_secs(1), tx.stopped()).await;
                 return true;
             }
         };

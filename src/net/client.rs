@@ -127,7 +127,18 @@ pub async fn call_capped(
             r => Ok(r),
         }
     };
-    tokio::time::timeout(timeout, go).await.map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
+    tokio::time::timeout(timeout, go)
+        .await
+        .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
+        .map_err(|e| explain(conn, e))
+}
+
+/// Adds why the connection ended, if it did: a certificate the peer refused shows there, not on the stream.
+pub fn explain(conn: &quinn::Connection, e: String) -> String {
+    match conn.close_reason().map(|w| w.to_string()) {
+        Some(why) if !e.contains(&why) => format!("{e} ({why})"),
+        _ => e,
+    }
 }
 
 /// What one node said to `status`.

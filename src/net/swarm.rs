@@ -225,12 +225,19 @@ async fn find_release(
                     return Ok((id, s, r));
                 }
                 Err(e) => {
-                    tracing::warn!("release {name} from {peer} refused: {e}");
-                    refused.push(format!("{peer}: {e}"));
+                    // Asked again every round: each peer's refusal is logged and reported once.
+                    let line = format!("{peer}: {e}");
+                    if !refused.contains(&line) {
+                        tracing::warn!("release {name} from {peer} refused: {e}");
+                        refused.push(line);
+                    }
                 }
             }
         }
-        if Instant::now() > deadline {
+        // A seed's copy is the publisher's: once it is refused, waiting for other peers will not help.
+        let seed_refused =
+            agent.peers.iter().any(|p| p.seed && refused.iter().any(|l| l.starts_with(&format!("{}: ", p.name))));
+        if seed_refused || Instant::now() > deadline {
             return Err(if refused.is_empty() {
                 format!("no peer has release {name} (asked {} peers for {} s)", agent.peers.len(), FIND_FOR.as_secs())
             } else {

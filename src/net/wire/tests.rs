@@ -651,8 +651,16 @@ proptest! {
 
     #[test]
     fn bitmap_from_bytes_length(n in 0u32..5000, len in 0usize..700) {
+        // All ones: accepted only at the right length and with no padding bit (n a multiple of 8).
         let b = Bitmap::from_bytes(vec![0xff; len], n);
-        prop_assert_eq!(b.is_some(), len == (n as usize).div_ceil(8));
+        prop_assert_eq!(b.is_some(), len == (n as usize).div_ceil(8) && n % 8 == 0);
+        let mut masked = vec![0xffu8; len];
+        if let Some(last) = masked.last_mut() {
+            if n % 8 != 0 {
+                *last &= (1u8 << (n % 8)) - 1;
+            }
+        }
+        prop_assert_eq!(Bitmap::from_bytes(masked, n).is_some(), len == (n as usize).div_ceil(8));
         if let Some(b) = b {
             prop_assert_eq!(b.len(), n);
             prop_assert!(!b.get(n));
