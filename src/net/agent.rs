@@ -31,6 +31,9 @@ const STAGING_FILE: &str = "staging";
 const UPLOAD_SLOTS: usize = 8;
 /// Most chunk bytes sent in answer to one `GetChunks` (the rest of the batch is left unanswered).
 const RESPONSE_BUDGET: usize = 4 << 20;
+/// Connections one certificate name may hold to an agent at once (an agent keeps one per peer; an operator's
+/// commands one each).
+const CONNS_PER_PEER: u32 = 8;
 /// How long a peer that did not answer a dial is not dialled again.
 const REDIAL: Duration = Duration::from_secs(3);
 /// Upload slots one peer may hold at once.
@@ -79,6 +82,7 @@ pub struct Agent {
     upload: Arc<Semaphore>,
     upload_by_peer: Mutex<HashMap<String, u32>>,
     unreachable: Mutex<HashMap<String, Instant>>,
+    conns_by_peer: Mutex<HashMap<String, u32>>,
     /// Chunk batches being received at once, all peers together (bounds memory).
     pub(crate) inflight: Arc<Semaphore>,
     refused: AtomicU64,
@@ -178,6 +182,7 @@ impl Agent {
             upload: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
             upload_by_peer: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashMap::new()),
+            conns_by_peer: Mutex::new(HashMap::new()),
             inflight: Arc::new(Semaphore::new(32)),
             refused: AtomicU64::new(0),
             served: AtomicU64::new(0),
@@ -318,6 +323,13 @@ impl Agent {
             conn.close(1u32.into(), b"not in the cluster file");
             return;
         }
+        // A few connections per certificate: each may buffer up to its receive window.
+        let Some(_conn_slot) = ConnSlot::take(&self, &peer.name) else {
+            self.refused.fetch_add(1, Relaxed);
+            tracing::warn!("refused {} from {remote}: it already has {CONNS_PER_PEER} connections", peer.name);
+            conn.close(4u32.into(), b"too many connections");
+            return;
+        };
         tracing::debug!("{} ({:?}) connected from {remote}", peer.name, peer.role);
         // Three malformed requests close the connection.
         let malformed = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -844,6 +856,33 @@ impl Agent {
                     set(format!("failed: {e}"));
                     wait = Duration::from_secs(10);
                 }
+            }
+        }
+    }
+}
+
+/// One of a peer's connections, counted while it lives.
+struct ConnSlot(Arc<Agent>, String);
+
+impl ConnSlot {
+    fn take(agent: &Arc<Agent>, peer: &str) -> Option<Self> {
+        let mut m = agent.conns_by_peer.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(peer.to_string()).or_insert(0);
+        if *n >= CONNS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Self(agent.clone(), peer.to_string()))
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut m = self.0.conns_by_peer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.1);
             }
         }
     }
