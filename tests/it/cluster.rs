@@ -95,22 +95,6 @@ fn run_within(secs: u64, a: Vec<OsString>) -> Out {
     spawn(a).wait(Duration::from_secs(secs))
 }
 
-/// A file of a product (`Linux64/<product>/<version>/…`): installed read-only.
-fn in_product(path: &[u8]) -> bool {
-    path.starts_with(b"Linux64/") && path.iter().filter(|&&b| b == b'/').count() >= 3
-}
-
-/// What an install of the tree `src` must look like: the source, with product files' write bits cleared.
-fn expected(src: &Path) -> Snapshot {
-    let mut s = snapshot(src);
-    for (p, n) in s.iter_mut() {
-        if matches!(n.kind, Kind::File(..)) && in_product(p) {
-            n.mode &= !0o222;
-        }
-    }
-    s
-}
-
 /// A cluster on loopback: a seed (`build`) and nodes `node01`…, a generated tree to publish.
 struct Cl {
     // Dropped first: the agents are killed before their directories are removed.

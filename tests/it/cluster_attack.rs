@@ -260,22 +260,6 @@ fn run_limited(mut c: Command, limit: Duration) -> Out {
     Out { what, code, stdout: tout.join().unwrap(), stderr: terr.join().unwrap() }
 }
 
-/// A file of a product (`Linux64/<product>/<version>/…`): installed read-only.
-fn in_product(path: &[u8]) -> bool {
-    path.starts_with(b"Linux64/") && path.iter().filter(|&&b| b == b'/').count() >= 3
-}
-
-/// What an install of `src` must look like: the source, with product files' write bits cleared.
-fn expected(src: &Path) -> Snapshot {
-    let mut s = snapshot(src);
-    for (p, n) in s.iter_mut() {
-        if matches!(n.kind, Kind::File(..)) && in_product(p) {
-            n.mode &= !0o222;
-        }
-    }
-    s
-}
-
 /// The report of `node` in a deploy's JSON output.
 fn outcome<'a>(deploy: &'a Value, node: &str) -> &'a Value {
     deploy

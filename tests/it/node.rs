@@ -111,22 +111,6 @@ fn id_of(repo: &Path, name: &str) -> String {
     open_repo(repo).resolve(name).unwrap().1.to_hex()
 }
 
-/// A file of a product (`Linux64/<product>/<version>/…`): installed read-only.
-fn in_product(path: &[u8]) -> bool {
-    path.starts_with(b"Linux64/") && path.iter().filter(|&&b| b == b'/').count() >= 3
-}
-
-/// What an install of `src` must look like: the source, with product files' write bits cleared.
-fn expected(src: &Path) -> Snapshot {
-    let mut s = snapshot(src);
-    for (p, n) in s.iter_mut() {
-        if matches!(n.kind, Kind::File(..)) && in_product(p) {
-            n.mode &= !0o222;
-        }
-    }
-    s
-}
-
 /// Asserts that `seen` is an exact install of the tree `src` (bytes, symlinks, hardlinks, modes, mtimes).
 #[track_caller]
 fn assert_installed(src: &Path, seen: &Path) {

@@ -714,3 +714,19 @@ pub fn run_sampling_rss(mut c: Command) -> (Out, u64) {
     let out = Out { what, code, stdout: out_thread.join().unwrap(), stderr: err_thread.join().unwrap() };
     (out, peak)
 }
+
+/// A file of a product (`Linux64/<product>/<version>/…` in a generated tree): installed read-only.
+pub fn in_product(path: &[u8]) -> bool {
+    path.starts_with(b"Linux64/") && path.iter().filter(|&&b| b == b'/').count() >= 3
+}
+
+/// What an install of the tree `src` must look like: the source, with product files' write bits cleared.
+pub fn expected(src: &Path) -> Snapshot {
+    let mut s = snapshot(src);
+    for (p, n) in s.iter_mut() {
+        if matches!(n.kind, Kind::File(..)) && in_product(p) {
+            n.mode &= !0o222;
+        }
+    }
+    s
+}
