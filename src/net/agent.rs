@@ -183,7 +183,7 @@ impl Agent {
             upload_by_peer: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashMap::new()),
             conns_by_peer: Mutex::new(HashMap::new()),
-            inflight: Arc::new(Semaphore::new(32)),
+            inflight: Arc::new(Semaphore::new(16)),
             refused: AtomicU64::new(0),
             served: AtomicU64::new(0),
             faults: cfg.faults.clone().unwrap_or_default(),

@@ -30,7 +30,7 @@ const WORKERS_PER_PEER: usize = 4;
 /// Commit what was fetched at least this often…
 const COMMIT_EVERY: Duration = Duration::from_secs(2);
 /// …or after this many bytes.
-const COMMIT_BYTES: u64 = 64 << 20;
+const COMMIT_BYTES: u64 = 32 << 20;
 /// How long peers are asked for a release none has yet (a deploy reaches all nodes at about the same time).
 const FIND_FOR: Duration = Duration::from_secs(15);
 /// A staging that makes no progress for this long fails, naming what is missing.
@@ -111,7 +111,7 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
     }
     // The writer thread holds the repository's exclusive lock until the end; it first stores the release and
     // the manifests so that this node can answer for them at once.
-    let (wtx, wrx) = tokio::sync::mpsc::channel::<Write>(16);
+    let (wtx, wrx) = tokio::sync::mpsc::channel::<Write>(8);
     let writer_failed: Arc<Mutex<Option<String>>> = Arc::default();
     let writer = {
         let (agent2, node2, fail) = (agent.clone(), node.clone(), writer_failed.clone());
