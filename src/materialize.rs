@@ -395,52 +395,15 @@ pub fn write_plan(
         let path = if p.is_empty() { ".".to_string() } else { show_path(p) };
         move |source: io::Error| MaterializeError::Io { path, source }
     };
-    let mut report = MaterializeReport::default();
-    // 1. Directories, parents first (the plan is sorted), owner-writable until the end.
-    for (path, e) in &plan.entries {
-        if e.kind == EntryKind::Dir {
-            report.dirs += 1;
-            if path.is_empty() {
-                if opts.resume {
-                    rustix::fs::fchmod(beneath.root(), Mode::from_raw_mode(0o700 | e.mode))
-                        .map_err(|e| io_err(path)(e.into()))?;
-                }
-                continue;
-            }
-            let (parent, name) = split(path);
-            let pfd = beneath.open_dir(parent).map_err(io_err(path))?;
-            match rustix::fs::mkdirat(&pfd, os(name), Mode::from_raw_mode(0o700)) {
-                Ok(()) => {}
-                Err(rustix::io::Errno::EXIST) if opts.resume => {
-                    // Left by the earlier attempt: a directory is made writable again in case that attempt had
-                    // already set its final mode; anything else there (a symlink is never followed) is replaced.
-                    let st = rustix::fs::statat(&pfd, os(name), AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(|e| io_err(path)(e.into()))?;
-                    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
-                        rustix::fs::unlinkat(&pfd, os(name), AtFlags::empty()).map_err(|e| io_err(path)(e.into()))?;
-                        rustix::fs::mkdirat(&pfd, os(name), Mode::from_raw_mode(0o700))
-                            .map_err(|e| io_err(path)(e.into()))?;
-                    }
-                    let fd = beneath.open_dir(path).map_err(io_err(path))?;
-                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700 | e.mode)).map_err(|e| io_err(path)(e.into()))?;
-                }
-                Err(e) => return Err(io_err(path)(e.into())),
-            }
-        }
-    }
+    // 1. Directories, owner-writable until step 4.
+    let mut report = MaterializeReport { dirs: make_dirs(plan, beneath, opts.resume)?, ..Default::default() };
     // 2. Regular files, in parallel.
-    let files: Vec<&(Vec<u8>, Entry)> =
-        plan.entries.iter().filter(|(_, e)| matches!(e.kind, EntryKind::File { .. })).collect();
-    let written = files
-        .par_iter()
-        .map_init(
-            || (DirCache::default(), DirCache::default()),
-            |(dest, src), (path, e)| place_file(repo, plan, beneath, path, e, opts, dest, src, progress),
-        )
-        .collect::<Result<Vec<(u64, bool)>, MaterializeError>>()?;
-    report.files = files.len() as u64;
-    report.bytes = written.iter().map(|w| w.0).sum();
-    report.linked = written.iter().filter(|w| w.1).count() as u64;
+    let files: Vec<usize> =
+        (0..plan.entries.len()).filter(|&i| matches!(plan.entries[i].1.kind, EntryKind::File { .. })).collect();
+    let placed = place_files(repo, plan, beneath, &files, opts, progress)?;
+    report.files = placed.files;
+    report.bytes = placed.bytes;
+    report.linked = placed.linked;
     // 3. Symlinks and hardlinks (an earlier attempt's are replaced: they are cheap).
     for (path, e) in &plan.entries {
         let (parent, name) = split(path);
@@ -480,6 +443,79 @@ pub fn write_plan(
         }
     }
     Ok(report)
+}
+
+/// Makes the directories of a plan beneath a directory, parents first (the plan is sorted), owner-writable
+/// until [`write_plan`] gives them their final mode. With `resume`, a directory already there is kept (made
+/// writable again) and anything else at its path replaced. Returns how many directories the plan has.
+pub fn make_dirs(plan: &Plan, beneath: &Beneath, resume: bool) -> Result<u64, MaterializeError> {
+    let io_err = |p: &[u8]| {
+        let path = if p.is_empty() { ".".to_string() } else { show_path(p) };
+        move |source: io::Error| MaterializeError::Io { path, source }
+    };
+    let mut dirs = 0;
+    for (path, e) in &plan.entries {
+        if e.kind == EntryKind::Dir {
+            dirs += 1;
+            if path.is_empty() {
+                if resume {
+                    rustix::fs::fchmod(beneath.root(), Mode::from_raw_mode(0o700 | e.mode))
+                        .map_err(|e| io_err(path)(e.into()))?;
+                }
+                continue;
+            }
+            let (parent, name) = split(path);
+            let pfd = beneath.open_dir(parent).map_err(io_err(path))?;
+            match rustix::fs::mkdirat(&pfd, os(name), Mode::from_raw_mode(0o700)) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::EXIST) if resume => {
+                    // Left by the earlier attempt: a directory is made writable again in case that attempt had
+                    // already set its final mode; anything else there (a symlink is never followed) is replaced.
+                    let st = rustix::fs::statat(&pfd, os(name), AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(|e| io_err(path)(e.into()))?;
+                    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
+                        rustix::fs::unlinkat(&pfd, os(name), AtFlags::empty()).map_err(|e| io_err(path)(e.into()))?;
+                        rustix::fs::mkdirat(&pfd, os(name), Mode::from_raw_mode(0o700))
+                            .map_err(|e| io_err(path)(e.into()))?;
+                    }
+                    let fd = beneath.open_dir(path).map_err(io_err(path))?;
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700 | e.mode)).map_err(|e| io_err(path)(e.into()))?;
+                }
+                Err(e) => return Err(io_err(path)(e.into())),
+            }
+        }
+    }
+    Ok(dirs)
+}
+
+/// Puts regular files of a plan in place (`which`: indices into `plan.entries`), in parallel, as [`write_plan`]
+/// does: kept from an earlier attempt (with `opts.resume`), hardlinked from an installed release, or written.
+/// Their directories must exist ([`make_dirs`]). An install writes files this way while the rest of the release
+/// is still being fetched; its final [`write_plan`], resuming, keeps them.
+pub fn place_files(
+    repo: &Repository,
+    plan: &Plan,
+    beneath: &Beneath,
+    which: &[usize],
+    opts: &WriteOptions,
+    progress: &dyn Progress,
+) -> Result<MaterializeReport, MaterializeError> {
+    let written = which
+        .par_iter()
+        .map_init(
+            || (DirCache::default(), DirCache::default()),
+            |(dest, src), &i| {
+                let (path, e) = &plan.entries[i];
+                place_file(repo, plan, beneath, path, e, opts, dest, src, progress)
+            },
+        )
+        .collect::<Result<Vec<(u64, bool)>, MaterializeError>>()?;
+    Ok(MaterializeReport {
+        files: which.len() as u64,
+        bytes: written.iter().map(|w| w.0).sum(),
+        linked: written.iter().filter(|w| w.1).count() as u64,
+        ..Default::default()
+    })
 }
 
 /// Unlinks `name` in `dir` if it exists (a file or symlink of an interrupted attempt).

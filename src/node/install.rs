@@ -120,30 +120,10 @@ pub fn install(
     // Everything is checked before anything is written: unsafe paths, overlaps, setuid bits, templates.
     let mut plan = Plan::load(&node.repo, &release, false)?;
     report.templates = render_templates(node, &release, &name, &id, &mut plan)?;
-    let mut links = LinkSources::default();
-    for other in node.installed()? {
-        if let Ok((_, r)) = node.repo.read_release(&other) {
-            if let Ok(p) = Plan::load(&node.repo, &r, true) {
-                let dir = node.release_dir(&other);
-                links.add_tree(&dir, &p).map_err(NodeError::io(&dir))?;
-            }
-        }
-    }
+    let links = link_sources(node)?;
     let releases = node.root().join("releases");
-    let partial = releases.join(format!(".partial-{}", id.to_hex()));
-    // Only a directory is resumed (never followed if a symlink); anything else there is replaced.
-    report.resumed = match std::fs::symlink_metadata(&partial) {
-        Ok(md) if md.is_dir() => true,
-        Ok(_) => {
-            std::fs::remove_file(&partial).map_err(NodeError::io(&partial))?;
-            false
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(NodeError::Io { path: partial, source: e }),
-    };
-    if !report.resumed {
-        std::fs::create_dir(&partial).map_err(NodeError::io(&partial))?;
-    }
+    let (partial, resumed) = partial_dir(node, &id)?;
+    report.resumed = resumed;
     let beneath = Beneath::open(&partial).map_err(NodeError::io(&partial))?;
     let total: u64 =
         plan.entries.iter().map(|(_, e)| if let EntryKind::File { size, .. } = e.kind { size } else { 0 }).sum();
@@ -173,6 +153,39 @@ pub fn install(
     crate::fsx::fsync_dir(&releases).map_err(NodeError::io(&releases))?;
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The identical files of the installed releases that an install may hardlink.
+pub(crate) fn link_sources(node: &Node) -> Result<LinkSources, NodeError> {
+    let mut links = LinkSources::default();
+    for other in node.installed()? {
+        if let Ok((_, r)) = node.repo.read_release(&other) {
+            if let Ok(p) = Plan::load(&node.repo, &r, true) {
+                let dir = node.release_dir(&other);
+                links.add_tree(&dir, &p).map_err(NodeError::io(&dir))?;
+            }
+        }
+    }
+    Ok(links)
+}
+
+/// `releases/.partial-<id>/`, made if missing; true if it was there (an install to resume).
+pub(crate) fn partial_dir(node: &Node, id: &ReleaseId) -> Result<(std::path::PathBuf, bool), NodeError> {
+    let partial = node.root().join("releases").join(format!(".partial-{}", id.to_hex()));
+    // Only a directory is resumed (never followed if a symlink); anything else there is replaced.
+    let resumed = match std::fs::symlink_metadata(&partial) {
+        Ok(md) if md.is_dir() => true,
+        Ok(_) => {
+            std::fs::remove_file(&partial).map_err(NodeError::io(&partial))?;
+            false
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(NodeError::Io { path: partial, source: e }),
+    };
+    if !resumed {
+        std::fs::create_dir(&partial).map_err(NodeError::io(&partial))?;
+    }
+    Ok((partial, resumed))
 }
 
 fn is_disk_full(e: &crate::materialize::MaterializeError) -> bool {
