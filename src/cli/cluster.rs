@@ -127,14 +127,17 @@ pub(crate) async fn deploy_nodes(
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     let mut set = tokio::task::JoinSet::new();
     let t0 = Instant::now();
+    // Every node learns who else stages the release with it: they share fetching the manifests.
+    let mut cohort: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    cohort.sort();
     for (i, n) in nodes.iter().enumerate() {
         let pb = multi.add(ProgressBar::new(0));
         pb.set_style(style.clone());
         pb.set_prefix(n.name.clone());
         pb.set_message("connecting");
-        let (d, n, r) = (dialer.clone(), n.clone(), release.to_string());
+        let (d, n, r, c) = (dialer.clone(), n.clone(), release.to_string(), cohort.clone());
         set.spawn(async move {
-            let res = stage_one(&d, &n, &r, &pb, tty, quiet).await;
+            let res = stage_one(&d, &n, &r, c, &pb, tty, quiet).await;
             match &res {
                 Ok(s) => pb.finish_with_message(format!(
                     "staged    {} fetched in {:.1} s{}",
@@ -205,12 +208,13 @@ async fn stage_one(
     d: &Dialer,
     n: &ClusterNode,
     release: &str,
+    cohort: Vec<String>,
     pb: &ProgressBar,
     tty: bool,
     quiet: bool,
 ) -> Result<Staged, String> {
     let conn = d.connect(n).await?;
-    let mut rx = client::send(&conn, &Request::Stage { name: release.to_string() }).await?;
+    let mut rx = client::send(&conn, &Request::Stage { name: release.to_string(), cohort }).await?;
     let mut last_phase = String::new();
     loop {
         // The agent sends its progress every 300 ms whatever the phase: silence means it is gone (a killed

@@ -27,8 +27,11 @@ use tokio::sync::{broadcast, watch, Semaphore};
 const DESIRED_DONE_FILE: &str = "desired-reached.toml";
 /// In a node root: the name of the release being staged, while it is.
 const STAGING_FILE: &str = "staging";
-/// Chunk batches served at once by one agent; more requests are answered "busy" and go elsewhere.
-const UPLOAD_SLOTS: usize = 8;
+/// Chunk batches served at once by one agent; more requests wait in line (first come, first served) for up to
+/// [`UPLOAD_QUEUE`], then are answered "busy" and go elsewhere.
+const UPLOAD_SLOTS: usize = 16;
+/// How long a `GetChunks` may wait for an upload slot.
+pub(crate) const UPLOAD_QUEUE: Duration = Duration::from_secs(2);
 /// Most chunk bytes sent in answer to one `GetChunks` (the rest of the batch is left unanswered).
 const RESPONSE_BUDGET: usize = 4 << 20;
 /// Connections one certificate name may hold to an agent at once (an agent keeps one per peer; an operator's
@@ -40,12 +43,22 @@ const REDIAL: Duration = Duration::from_secs(3);
 const UPLOAD_SLOTS_PER_PEER: u32 = 4;
 /// How long reading a request, or writing one frame of an answer, may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a `GetManifest` for a manifest this node is fetching may wait for it.
+pub(crate) const MANIFEST_HOLD: Duration = Duration::from_secs(5);
+/// How long new chunks are gathered before they are announced to a subscriber: this, plus a little more for
+/// each subscriber (up to 50).
+const HAVE_GATHER: Duration = Duration::from_millis(40);
+const HAVE_GATHER_EACH: Duration = Duration::from_millis(5);
 /// How long a peer that sent a bad chunk is avoided.
 const BAN: Duration = Duration::from_secs(600);
 
 /// A staging in progress.
 pub(crate) struct Job {
     pub(crate) name: String,
+    /// The nodes the operator ordered to stage it together (sorted; empty when not known).
+    pub(crate) cohort: Vec<String>,
+    /// The manifests being fetched now: a peer asking for one of them is answered once it is here.
+    pub(crate) manifests_coming: Mutex<std::collections::HashSet<ManifestId>>,
     /// Set once the release and its manifests are stored: its id and chunk list.
     pub(crate) target: OnceLock<(ReleaseId, Arc<ChunkList>)>,
     /// Which chunks of the list this node has (valid once `target` is set).
@@ -76,6 +89,10 @@ pub struct Agent {
     pub(crate) banned: Mutex<HashMap<String, Instant>>,
     /// Verified chunks not yet committed to the repository: served from here meanwhile.
     pub(crate) pending: Mutex<HashMap<ChunkId, Arc<Vec<u8>>>>,
+    /// Verified manifest files of the staging not yet committed: served from here meanwhile.
+    pub(crate) pending_manifests: Mutex<HashMap<ManifestId, Arc<Vec<u8>>>>,
+    /// Rung when a manifest arrives (or will not).
+    pub(crate) manifest_news: tokio::sync::Notify,
     lists: Mutex<Vec<(ReleaseId, Arc<ChunkList>)>>,
     job: Mutex<Option<Arc<Job>>>,
     last: Mutex<(Option<Progress>, Option<String>)>,
@@ -83,8 +100,6 @@ pub struct Agent {
     upload_by_peer: Mutex<HashMap<String, u32>>,
     unreachable: Mutex<HashMap<String, Instant>>,
     conns_by_peer: Mutex<HashMap<String, u32>>,
-    /// Chunk batches being received at once, all peers together (bounds memory).
-    pub(crate) inflight: Arc<Semaphore>,
     refused: AtomicU64,
     served: AtomicU64,
     faults: Faults,
@@ -176,6 +191,8 @@ impl Agent {
             stats: Mutex::new(stats),
             banned: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            pending_manifests: Mutex::new(HashMap::new()),
+            manifest_news: tokio::sync::Notify::new(),
             lists: Mutex::new(Vec::new()),
             job: Mutex::new(None),
             last: Mutex::new((None, None)),
@@ -183,7 +200,6 @@ impl Agent {
             upload_by_peer: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashMap::new()),
             conns_by_peer: Mutex::new(HashMap::new()),
-            inflight: Arc::new(Semaphore::new(16)),
             refused: AtomicU64::new(0),
             served: AtomicU64::new(0),
             faults: cfg.faults.clone().unwrap_or_default(),
@@ -271,7 +287,7 @@ impl Agent {
         if let Some(node) = &self.node {
             if let Ok(name) = std::fs::read_to_string(node.root().join(STAGING_FILE)) {
                 tracing::info!("resuming the staging of {name} that was interrupted");
-                if let Err((_, e)) = self.start_job(name.trim()) {
+                if let Err((_, e)) = self.start_job(name.trim(), Vec::new()) {
                     tracing::warn!("cannot resume the staging of {name}: {e}");
                 }
             }
@@ -404,7 +420,7 @@ impl Agent {
             }
             Request::Subscribe { release } => self.subscribe(release, tx).await,
             Request::GetChunks { release, indices } => self.get_chunks(peer, release, indices, tx).await,
-            Request::Stage { name } => self.stage(name, tx).await,
+            Request::Stage { name, cohort } => self.stage(name, cohort, tx).await,
             Request::Switch { release } => {
                 let r = self.switch(Some(release)).await?;
                 tx.write_all(&send(Response::Switched(r))).await.map_err(|e| io(e.into()))
@@ -441,14 +457,33 @@ impl Agent {
         .await
     }
 
+    /// A manifest file; one this node is fetching now is sent once it is here (within [`MANIFEST_HOLD`]), so
+    /// that cohort members can ask for it before it arrives instead of asking again and again.
     async fn manifest_bytes(self: &Arc<Self>, id: ManifestId) -> Result<Vec<u8>, (u16, String)> {
-        let me = self.clone();
-        Self::blocking(move || {
-            let path = me.repo().manifest_path(&id);
-            crate::fsx::read_capped(&path, crate::manifest::MAX_MANIFEST_BYTES)
-                .map_err(|_| (E_NOT_FOUND, format!("no manifest {id} here")))
-        })
-        .await
+        let deadline = tokio::time::Instant::now() + MANIFEST_HOLD;
+        loop {
+            let news = self.manifest_news.notified();
+            tokio::pin!(news);
+            news.as_mut().enable();
+            if let Some(b) = self.pending_manifests.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+                return Ok(b.as_ref().clone());
+            }
+            let me = self.clone();
+            let stored = Self::blocking(move || {
+                let path = me.repo().manifest_path(&id);
+                crate::fsx::read_capped(&path, crate::manifest::MAX_MANIFEST_BYTES)
+                    .map_err(|_| (E_NOT_FOUND, format!("no manifest {id} here")))
+            })
+            .await;
+            let coming = self.current_job().is_some_and(|j| {
+                let phase = j.progress.borrow().phase.clone();
+                phase == "finding" || j.manifests_coming.lock().unwrap_or_else(|e| e.into_inner()).contains(&id)
+            });
+            if stored.is_ok() || !coming || tokio::time::Instant::now() >= deadline {
+                return stored;
+            }
+            let _ = tokio::time::timeout_at(deadline, news).await;
+        }
     }
 
     pub(crate) fn current_job(&self) -> Option<Arc<Job>> {
@@ -531,6 +566,14 @@ impl Agent {
                     continue;
                 }
             };
+            // Gathered for a moment: one message instead of one per batch of chunks verified. Every peer
+            // subscribes to every other, so this is most of the swarm's control traffic, and it grows as the
+            // square of the cohort: the more subscribers, the longer the gathering.
+            let subscribers = job.as_ref().and_then(|j| {
+                j.announce.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|a| a.receiver_count())
+            });
+            let gather = HAVE_GATHER + HAVE_GATHER_EACH * subscribers.unwrap_or(0).min(50) as u32;
+            tokio::time::sleep(gather).await;
             let mut indices = vec![first];
             while indices.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -552,11 +595,13 @@ impl Agent {
         if indices.len() > MAX_BATCH {
             return Err((E_MALFORMED, format!("{} chunks asked at once (at most {MAX_BATCH})", indices.len())));
         }
-        let Ok(_permit) = self.upload.clone().try_acquire_owned() else {
-            return Err((E_BUSY, "all upload slots busy".into()));
-        };
         let Some(_mine) = PeerSlot::take(self, &peer.name) else {
             return Err((E_BUSY, format!("{} already holds {UPLOAD_SLOTS_PER_PEER} upload slots", peer.name)));
+        };
+        // In line for a slot: a requester that is turned away at once only asks again later, and the slot may
+        // stay idle meanwhile; one that waits keeps this node's upload busy.
+        let Ok(Ok(_permit)) = tokio::time::timeout(UPLOAD_QUEUE, self.upload.clone().acquire_owned()).await else {
+            return Err((E_BUSY, "all upload slots busy".into()));
         };
         let list = self.chunk_list(release).await?;
         if let Some(bad) = indices.iter().find(|&&i| i as usize >= list.len()) {
@@ -566,7 +611,7 @@ impl Agent {
         // more ends early (indices not answered are asked again, elsewhere or later).
         let io = |e: quinn::WriteError| (E_INTERNAL, e.to_string());
         let mut sent = 0usize;
-        for group in indices.chunks(32) {
+        for group in indices.chunks(8) {
             if sent >= RESPONSE_BUDGET {
                 break;
             }
@@ -588,23 +633,23 @@ impl Agent {
                         if self.faults.chunk_delay_ms > 0 {
                             tokio::time::sleep(Duration::from_millis(self.faults.chunk_delay_ms)).await;
                         }
-                        let mut object = o.as_ref().clone();
+                        sent += o.len();
+                        self.served.fetch_add(o.len() as u64, Relaxed);
+                        self.stat(&peer.name, |s| {
+                            s.chunks_out += 1;
+                            s.bytes_out += o.len() as u64;
+                        });
+                        let mut frame = wire::encode_chunk(index, &o);
                         if self.faults.corrupt_chunks {
-                            if let Some(b) = object.last_mut() {
+                            if let Some(b) = frame.last_mut() {
                                 *b ^= 0x55;
                             }
                         }
-                        sent += object.len();
-                        self.served.fetch_add(object.len() as u64, Relaxed);
-                        self.stat(&peer.name, |s| {
-                            s.chunks_out += 1;
-                            s.bytes_out += object.len() as u64;
-                        });
-                        Response::Chunk { index, object }
+                        frame
                     }
-                    None => Response::NotHere { index },
+                    None => wire::encode(&Response::NotHere { index }),
                 };
-                match tokio::time::timeout(IO_TIMEOUT, tx.write_all(&wire::encode(&msg))).await {
+                match tokio::time::timeout(IO_TIMEOUT, tx.write_all(&msg)).await {
                     Ok(r) => r.map_err(io)?,
                     Err(_) => return Err((E_INTERNAL, "the peer does not read its answer".into())),
                 }
@@ -614,7 +659,7 @@ impl Agent {
     }
 
     /// Starts staging `name`, or joins the staging of it already running. Another release being staged: busy.
-    pub(crate) fn start_job(self: &Arc<Self>, name: &str) -> Result<Arc<Job>, (u16, String)> {
+    pub(crate) fn start_job(self: &Arc<Self>, name: &str, cohort: Vec<String>) -> Result<Arc<Job>, (u16, String)> {
         if self.node.is_none() {
             return Err((
                 E_FORBIDDEN,
@@ -632,6 +677,8 @@ impl Agent {
         }
         let job = Arc::new(Job {
             name: name.to_string(),
+            cohort,
+            manifests_coming: Mutex::default(),
             target: OnceLock::new(),
             have: Mutex::new(Bitmap::new(0)),
             announce: Mutex::new(None),
@@ -644,6 +691,7 @@ impl Agent {
             result: watch::channel(None).0,
         });
         *slot = Some(job.clone());
+        tracing::debug!("staging {name}: started");
         // Remembered until it ends, so that an agent restarted mid-transfer takes it up again.
         if let Some(node) = &self.node {
             if let Err(e) = crate::fsx::write_atomic(node.root(), STAGING_FILE, name.as_bytes()) {
@@ -689,8 +737,13 @@ impl Agent {
         }
     }
 
-    async fn stage(self: &Arc<Self>, name: String, tx: &mut quinn::SendStream) -> Result<(), (u16, String)> {
-        let job = self.start_job(&name)?;
+    async fn stage(
+        self: &Arc<Self>,
+        name: String,
+        cohort: Vec<String>,
+        tx: &mut quinn::SendStream,
+    ) -> Result<(), (u16, String)> {
+        let job = self.start_job(&name, cohort)?;
         let mut res = job.result.subscribe();
         let io = |e: quinn::WriteError| (E_INTERNAL, e.to_string());
         loop {
@@ -793,7 +846,7 @@ impl Agent {
         let id = match installed {
             Some(id) => id,
             None => {
-                let job = self.start_job(&d.release).map_err(|e| e.1)?;
+                let job = self.start_job(&d.release, Vec::new()).map_err(|e| e.1)?;
                 let s = Self::wait_job(&job).await?;
                 changed |= !s.already;
                 ReleaseId::from_hex(&s.id).ok_or("bad id")?

@@ -2,12 +2,20 @@
 //! every peer at once.
 //!
 //! Chunks are named by index into the release's *chunk list* (its distinct chunk ids, sorted), so that what a
-//! peer has is a bitmap. Each peer gets a subscription (its bitmap, then what it gets as it gets it) and a few
-//! workers that each keep one batch request in flight: a batch is about 1 MiB of the chunks that peer has,
-//! rarest first among a random sample, so that peers fetch different chunks and the seed's unique chunks
-//! leave it early. A batch is verified (decompressed within its declared length, hashed) before anything is
-//! stored; a peer that sends one bad chunk is avoided. Verified chunks are served at once from memory and
-//! committed to the repository every few seconds, so a restarted agent resumes with what it had verified.
+//! peer has is a bitmap. Each peer gets a subscription: its bitmap, whether it is staging the release too (the
+//! *cohort*), then what it gets as it gets it. One dispatcher keeps up to 16 batch requests in flight, at most
+//! 4 per peer, taking peers in turn:
+//! - from a *source* (a peer not staging the release: the seed, a node that has it), while some chunks are
+//!   *novel* (no cohort peer has them), a node asks only for the novel chunks of its own *stripe* (index mod
+//!   cohort size = its rank among the cohort's names), so that each chunk leaves the seed about once; chunks of
+//!   other stripes come from their owners, who forward them at once;
+//! - from a cohort peer, the rarest of a random sample of the chunks it has;
+//! - once nothing is left to ask, chunks in flight for much longer than batches usually take are asked again
+//!   elsewhere (the end game), so a slow peer holds up nothing.
+//!
+//! A batch is verified (decompressed within its declared length, hashed) before anything is stored; a peer
+//! that sends one bad chunk is avoided. Verified chunks are served at once from memory and committed to the
+//! repository every few seconds, so a restarted agent resumes with what it had verified.
 
 use super::agent::{ask_release, check_release, decode_manifest, Agent, Job};
 use super::client;
@@ -17,16 +25,30 @@ use crate::fsx::LockMode;
 use crate::id::{ChunkId, ReleaseId};
 use crate::manifest::{PartManifest, SignedRelease};
 use crate::node::Node;
-use rayon::prelude::*;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, Notify};
 
-/// Bytes of chunks (uncompressed) asked in one request.
-const BATCH_BYTES: u64 = 1 << 20;
-/// Requests kept in flight per peer.
-const WORKERS_PER_PEER: usize = 4;
+/// Batch requests in flight, all peers together (bounds memory: each is at most [`BATCH_MAX`] raw bytes).
+const MAX_INFLIGHT: usize = 16;
+/// Batch requests in flight to one peer (what an agent serves one requester at once).
+const PER_PEER: u8 = 4;
+/// Bounds of a batch's uncompressed bytes. Between them, a batch is an eighth of what one cohort member must
+/// fetch from sources (its stripe), so that the last batches to leave the seed are small: they are the ones
+/// every other node waits for.
+const BATCH_MIN: u64 = 64 << 10;
+const BATCH_MAX: u64 = 512 << 10;
+/// When the novel chunks (that no cohort peer has) have not dwindled for this long, a node also asks sources
+/// for novel chunks of other stripes (their owner may be gone, or see another cohort).
+const HELP_AFTER: Duration = Duration::from_secs(3);
+/// End game: a chunk in flight for longer than twice the typical batch time plus this is asked again of
+/// another peer that has it (once).
+const ENDGAME_GRACE: Duration = Duration::from_millis(500);
+/// Chunks in one end-game request.
+const ENDGAME_BATCH: usize = 16;
+/// A batch's deadline: the server may queue it this long, plus a floor, plus its raw size at a crawl.
+const BATCH_FLOOR: Duration = Duration::from_secs(10);
 /// Commit what was fetched at least this often…
 const COMMIT_EVERY: Duration = Duration::from_secs(2);
 /// …or after this many bytes.
@@ -91,27 +113,71 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
     }
     // The manifests it lacks, each checked against its id.
     job.set_progress(|p| p.phase = "manifests".into());
+    let t_manifests = Instant::now();
     let mut wanted: Vec<crate::id::ManifestId> =
         release.parts.iter().map(|p| p.manifest).filter(|m| !node.repo.has_manifest(m)).collect();
     wanted.sort();
     wanted.dedup();
-    // Several at once (a release has tens of parts); each from the first peer that has it.
+    tracing::debug!("staging {name}: release {id} found; fetching {} manifests", wanted.len());
+    // Several at once (a release has tens of parts). When the operator named the cohort, manifest j of the
+    // release's sorted list is fetched from sources by cohort member j mod K only, and the others get it from
+    // that member (who serves it as soon as it verified it), so the seed sends each manifest about once.
+    let mut all: Vec<crate::id::ManifestId> = release.parts.iter().map(|p| p.manifest).collect();
+    all.sort();
+    all.dedup();
+    let cohort = job.cohort.iter().any(|n| *n == agent.name).then_some(&job.cohort).filter(|c| c.len() > 1);
     let mut new_manifests = Vec::with_capacity(wanted.len());
+    job.manifests_coming.lock().unwrap_or_else(|e| e.into_inner()).extend(wanted.iter().copied());
+    // Requests to sources 8 at a time; a node's own share goes first, and waiting on owners takes no slot
+    // (owners would otherwise wait on each other's slots).
     let gate = Arc::new(tokio::sync::Semaphore::new(8));
     let mut set = tokio::task::JoinSet::new();
+    if let Some(c) = cohort {
+        let mine = |id: &crate::id::ManifestId| all.binary_search(id).is_ok_and(|j| c[j % c.len()] == agent.name);
+        wanted.sort_by_key(|id| !mine(id));
+    }
     for id in wanted {
-        let (a, g) = (agent.clone(), gate.clone());
+        let owner = cohort.and_then(|c| {
+            let j = all.binary_search(&id).ok()?;
+            let o = &c[j % c.len()];
+            agent.peers.iter().find(|p| p.name == *o).cloned()
+        });
+        let (a, g, j) = (agent.clone(), gate.clone(), job.clone());
         set.spawn(async move {
-            let _p = g.acquire_owned().await;
-            fetch_manifest(&a, &id).await.map(|m| (id, m))
+            let got = match owner {
+                Some(o) => fetch_manifest_from_owner(&a, &o, &id).await,
+                None => None,
+            };
+            let got = match got {
+                Some(x) => Ok(x),
+                None => {
+                    let _p = g.acquire_owned().await;
+                    fetch_manifest(&a, &id).await
+                }
+            };
+            // Whatever happened, peers waiting for it learn it now.
+            if let Ok((_, bytes)) = &got {
+                a.pending_manifests.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(bytes.clone()));
+            }
+            j.manifests_coming.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            a.manifest_news.notify_waiters();
+            got.map(|(m, _)| (id, m))
         });
     }
     while let Some(r) = set.join_next().await {
-        new_manifests.push(r.map_err(err)??);
+        match r.map_err(err).and_then(|r| r) {
+            Ok(m) => new_manifests.push(m),
+            Err(e) => {
+                agent.pending_manifests.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                job.manifests_coming.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                agent.manifest_news.notify_waiters();
+                return Err(e);
+            }
+        }
     }
     // The writer thread holds the repository's exclusive lock until the end; it first stores the release and
     // the manifests so that this node can answer for them at once.
-    let (wtx, wrx) = tokio::sync::mpsc::channel::<Write>(8);
+    let (wtx, wrx) = tokio::sync::mpsc::channel::<Write>(32);
     let writer_failed: Arc<Mutex<Option<String>>> = Arc::default();
     let writer = {
         let (agent2, node2, fail) = (agent.clone(), node.clone(), writer_failed.clone());
@@ -125,7 +191,11 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
     let ms: Vec<PartManifest> = new_manifests.into_iter().map(|(_, m)| m).collect();
     let (ack, acked) = tokio::sync::oneshot::channel();
     wtx.send(Write::Objects(signed.clone(), ms, ack)).await.map_err(|_| "the writer stopped")?;
-    acked.await.map_err(|_| "the writer stopped")??;
+    let stored = acked.await.map_err(|_| "the writer stopped".to_string()).and_then(|r| r);
+    // Stored (and served from the repository from now on), or not to be served.
+    agent.pending_manifests.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    stored?;
+    tracing::debug!("staging {name}: manifests fetched and stored in {:.2} s", t_manifests.elapsed().as_secs_f64());
     let list = agent.chunk_list(id).await.map_err(|e| e.1)?;
     let n = list.len() as u32;
     let (have, missing) = {
@@ -155,7 +225,19 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
         p.bytes_total = total_raw;
     });
     tracing::info!("staging {name}: {} of {} chunks to fetch ({} bytes raw)", missing.len(), n, total_raw);
+    // Product files are written as their chunks are committed, so that little is left to install at the end.
+    let pre = {
+        let (n2, r2) = (node.clone(), release.clone());
+        tokio::task::spawn_blocking(move || crate::node::PreInstall::start(n2, id, r2)).await.map_err(err)?
+    };
+    if let Some(tx) = pre.sender() {
+        wtx.send(Write::Watch(tx)).await.map_err(|_| "the writer stopped")?;
+    }
+    let t_fetch = Instant::now();
     let fetched = fetch(agent, job, id, list, missing, wtx.clone()).await;
+    if let Ok((c, b)) = &fetched {
+        tracing::info!("fetched {c} chunks ({b} bytes) in {:.1} s; installing", t_fetch.elapsed().as_secs_f64());
+    }
     *job.announce.lock().unwrap_or_else(|e| e.into_inner()) = None;
     let (ack, acked) = tokio::sync::oneshot::channel();
     // The ref is written only for a complete release; otherwise what was verified is committed, unnamed.
@@ -167,6 +249,11 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
         Err(_) => Err("the writer stopped".into()),
     };
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    let pre = tokio::task::spawn_blocking(move || pre.finish()).await.map_err(err)?;
+    match &pre.stopped {
+        Some(why) => tracing::warn!("installing while fetching stopped early ({why}); the install does the rest"),
+        None => tracing::debug!("{} files ({} bytes) installed while fetching", pre.files, pre.bytes),
+    }
     // Anything still pending was not committed: it must not be served as if this node had it.
     agent.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
     if let Some(e) = writer_failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -207,9 +294,12 @@ async fn find_release(
 ) -> Result<(ReleaseId, SignedRelease, crate::manifest::Release), String> {
     let deadline = Instant::now() + FIND_FOR;
     let mut refused = Vec::new();
+    // Seeds first: when a whole cluster is ordered at once, every node asking every peer would be a storm of
+    // handshakes for one small file. Everyone after a round without an answer.
+    let mut seeds_only = agent.peers.iter().any(|p| p.seed && !agent.is_banned(&p.name));
     loop {
         let mut set = tokio::task::JoinSet::new();
-        for p in agent.peers.iter().filter(|p| !agent.is_banned(&p.name)) {
+        for p in agent.peers.iter().filter(|p| !agent.is_banned(&p.name) && (p.seed || !seeds_only)) {
             let (a, p, n) = (agent.clone(), p.clone(), name.to_string());
             set.spawn(async move {
                 let r = ask_release(&a, &p, &n).await;
@@ -237,6 +327,10 @@ async fn find_release(
         // A seed's copy is the publisher's: once it is refused, waiting for other peers will not help.
         let seed_refused =
             agent.peers.iter().any(|p| p.seed && refused.iter().any(|l| l.starts_with(&format!("{}: ", p.name))));
+        if seeds_only && !seed_refused {
+            seeds_only = false;
+            continue;
+        }
         if seed_refused || Instant::now() > deadline {
             return Err(if refused.is_empty() {
                 format!("no peer has release {name} (asked {} peers for {} s)", agent.peers.len(), FIND_FOR.as_secs())
@@ -248,9 +342,51 @@ async fn find_release(
     }
 }
 
-async fn fetch_manifest(agent: &Arc<Agent>, id: &crate::id::ManifestId) -> Result<PartManifest, String> {
+/// How long a manifest is asked of the cohort member whose share it is before asking sources.
+const OWNER_WAIT: Duration = Duration::from_secs(6);
+
+/// Asks the cohort member `owner` for a manifest: it answers once it has it, if it is fetching it
+/// ([`super::agent::MANIFEST_HOLD`]); an owner that has not started its staging yet is asked again every
+/// 300 ms. Gives up after [`OWNER_WAIT`]: `None` if it did not give it (it lacks it, is unreachable, or lied
+/// and is banned).
+async fn fetch_manifest_from_owner(
+    agent: &Arc<Agent>,
+    owner: &ClusterNode,
+    id: &crate::id::ManifestId,
+) -> Option<(PartManifest, Vec<u8>)> {
+    let deadline = Instant::now() + OWNER_WAIT;
+    let cap = crate::manifest::MAX_MANIFEST_BYTES + 64;
+    while Instant::now() < deadline && !agent.is_banned(&owner.name) {
+        let conn = agent.conn(owner).await.ok()?;
+        let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+        let asked = Instant::now();
+        match client::call_capped(&conn, &Request::GetManifest { id: *id }, wait, cap).await {
+            Ok(Response::Manifest { bytes }) => match decode_manifest(id, &bytes) {
+                Ok(m) => return Some((m, bytes)),
+                Err(e) => {
+                    agent.ban(&owner.name, &format!("a bad manifest ({e})")).await;
+                    return None;
+                }
+            },
+            // Answered at once: it has not started staging yet. After a wait: it did not get it.
+            Err(e) if e.contains(&format!("(error {E_NOT_FOUND})")) => {
+                if asked.elapsed() > Duration::from_millis(500) {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// A manifest from the first peer that gives one that verifies, seeds first; with its bytes.
+async fn fetch_manifest(agent: &Arc<Agent>, id: &crate::id::ManifestId) -> Result<(PartManifest, Vec<u8>), String> {
     let mut why = Vec::new();
-    for p in agent.peers.iter().filter(|p| !agent.is_banned(&p.name)) {
+    let mut peers: Vec<&ClusterNode> = agent.peers.iter().filter(|p| !agent.is_banned(&p.name)).collect();
+    peers.sort_by_key(|p| !p.seed);
+    for p in peers {
         let conn = match agent.conn(p).await {
             Ok(c) => c,
             Err(e) => {
@@ -261,7 +397,7 @@ async fn fetch_manifest(agent: &Arc<Agent>, id: &crate::id::ManifestId) -> Resul
         let cap = crate::manifest::MAX_MANIFEST_BYTES + 64;
         match client::call_capped(&conn, &Request::GetManifest { id: *id }, Duration::from_secs(60), cap).await {
             Ok(Response::Manifest { bytes }) => match decode_manifest(id, &bytes) {
-                Ok(m) => return Ok(m),
+                Ok(m) => return Ok((m, bytes)),
                 Err(e) => {
                     agent.ban(&p.name, &format!("a bad manifest ({e})")).await;
                     why.push(format!("{}: {e}", p.name));
@@ -276,6 +412,8 @@ async fn fetch_manifest(agent: &Arc<Agent>, id: &crate::id::ManifestId) -> Resul
 
 enum Write {
     Objects(SignedRelease, Vec<PartManifest>, tokio::sync::oneshot::Sender<Result<(), String>>),
+    /// Tell this one which chunks each commit made durable (the pre-installer).
+    Watch(std::sync::mpsc::Sender<Vec<ChunkId>>),
     Chunks(Vec<(ChunkId, Arc<Vec<u8>>)>),
     Finish(Option<(String, ReleaseId)>, tokio::sync::oneshot::Sender<Result<(), String>>),
 }
@@ -288,9 +426,16 @@ fn writer(agent: Arc<Agent>, node: Arc<Node>, mut rx: tokio::sync::mpsc::Receive
     let mut txn = None;
     let mut batch_ids: Vec<ChunkId> = Vec::new();
     let (mut since, mut bytes) = (Instant::now(), 0u64);
-    let commit = |txn: &mut Option<crate::store::Transaction>, ids: &mut Vec<ChunkId>| -> Result<(), String> {
+    let mut watch: Option<std::sync::mpsc::Sender<Vec<ChunkId>>> = None;
+    let commit = |txn: &mut Option<crate::store::Transaction>,
+                  ids: &mut Vec<ChunkId>,
+                  watch: &Option<std::sync::mpsc::Sender<Vec<ChunkId>>>|
+     -> Result<(), String> {
         if let Some(t) = txn.take() {
             t.commit_objects().map_err(err)?;
+        }
+        if let Some(w) = watch {
+            let _ = w.send(ids.clone());
         }
         let mut p = agent.pending.lock().unwrap_or_else(|e| e.into_inner());
         for id in ids.drain(..) {
@@ -329,7 +474,7 @@ fn writer(agent: Arc<Agent>, node: Arc<Node>, mut rx: tokio::sync::mpsc::Receive
                         batch_ids.push(*id);
                     }
                     if since.elapsed() >= COMMIT_EVERY || bytes >= COMMIT_BYTES {
-                        commit(&mut txn, &mut batch_ids)?;
+                        commit(&mut txn, &mut batch_ids, &watch)?;
                         since = Instant::now();
                         bytes = 0;
                     }
@@ -337,8 +482,9 @@ fn writer(agent: Arc<Agent>, node: Arc<Node>, mut rx: tokio::sync::mpsc::Receive
                 })();
                 r?;
             }
+            Write::Watch(w) => watch = Some(w),
             Write::Finish(named, ack) => {
-                let r = commit(&mut txn, &mut batch_ids).and_then(|()| match named {
+                let r = commit(&mut txn, &mut batch_ids, &watch).and_then(|()| match named {
                     Some((name, id)) => repo.begin(&lock).map_err(err)?.commit(&name, id).map_err(err),
                     None => Ok(()),
                 });
@@ -350,7 +496,11 @@ fn writer(agent: Arc<Agent>, node: Arc<Node>, mut rx: tokio::sync::mpsc::Receive
     Ok(())
 }
 
-/// What the scheduler knows: which chunks are needed, in flight or done, and which peer has which.
+/// `Sched::at` of a chunk asked of nobody.
+const NOBODY: u32 = u32::MAX;
+
+/// What the scheduler knows: which chunks are needed, in flight or done, which peer has which, and which peers
+/// stage the release too (the cohort). Peers are indices into the agent's peer list.
 struct Sched {
     /// Per chunk: 0 not needed or done, 1 needed, 2 in flight.
     state: Vec<u8>,
@@ -360,15 +510,133 @@ struct Sched {
     needed: usize,
     /// Indices still to get (pruned lazily).
     order: Vec<u32>,
-    /// How many peers have each chunk.
+    /// Indices asked of a peer (pruned lazily): where the end game looks.
+    flying: Vec<u32>,
+    /// Per chunk: how many peers have it, and how many cohort peers.
     counts: Vec<u16>,
-    /// What each peer has.
+    ccounts: Vec<u16>,
+    /// Per chunk in flight: the peer asked, when (ms since `t0`), and whether it was asked again elsewhere.
+    at: Vec<u32>,
+    since: Vec<u32>,
+    again: Vec<bool>,
+    /// Per peer: what it has (`None`: unknown), whether it stages the release, batches in flight, whether its
+    /// candidates may have changed since a pick found none, when it may be asked again, the wait after its
+    /// last busy or failed answer, and whether it is banned.
     haves: Vec<Option<Bitmap>>,
+    cohort: Vec<bool>,
+    /// Per peer: the operator named it in the staging order, and whether it has since been found not to
+    /// stage the release (unreachable, not staging, or done).
+    expected: Vec<bool>,
+    ruled_out: Vec<bool>,
+    inflight: Vec<u8>,
+    dirty: Vec<bool>,
+    not_before: Vec<Option<Instant>>,
+    wait: Vec<Duration>,
+    banned: Vec<bool>,
+    /// Peer names and this node's: the cohort is ranked by name.
+    names: Vec<String>,
+    me: String,
+    /// This node's rank in the cohort, and the cohort's size (itself included).
+    rank: u32,
+    k: u32,
+    /// Chunks still to get that no cohort peer has, and when that number last changed.
+    novel: usize,
+    novel_moved: Instant,
+    /// Uncompressed bytes this node had to fetch.
+    total_raw: u64,
+    /// The chunk list (lengths).
+    list: Arc<ChunkList>,
+    /// Seconds a batch typically takes (moving average of whole batches).
+    typical: f64,
     rng: u64,
+    t0: Instant,
     last_progress: Instant,
+    /// Chunks asked, by kind of pick: own stripe from sources, other stripes from sources (helping), rarest from
+    /// cohort peers, rarest from sources, end game. For the log.
+    picks: [u64; 5],
+    /// When no chunk was novel any more (ms since `t0`).
+    novel_gone: Option<u32>,
+}
+
+/// The set bits of a bitmap.
+fn ones(bm: &Bitmap) -> impl Iterator<Item = u32> + '_ {
+    bm.bytes()
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b != 0)
+        .flat_map(|(k, &b)| (0..8u32).filter(move |j| b & (1 << j) != 0).map(move |j| k as u32 * 8 + j))
+}
+
+/// Outcome of one batch request, for the dispatcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Answered (whatever it held).
+    Got,
+    /// The peer had no upload slot free.
+    Busy,
+    /// Timeout, lost connection, unexpected answer.
+    Failed,
+    /// The peer lied and is now banned.
+    Banned,
 }
 
 impl Sched {
+    fn new(
+        list: Arc<ChunkList>,
+        missing: Vec<u32>,
+        names: Vec<String>,
+        me: String,
+        ordered: &[String],
+        rng: u64,
+    ) -> Self {
+        let n = list.len();
+        let total_raw = missing.iter().map(|&i| u64::from(list.lens[i as usize])).sum();
+        let mut state = vec![0u8; n];
+        for &i in &missing {
+            state[i as usize] = 1;
+        }
+        let np = names.len();
+        let now = Instant::now();
+        let expected: Vec<bool> = names.iter().map(|n| ordered.contains(n) && ordered.contains(&me)).collect();
+        let mut s = Self {
+            state,
+            remaining: missing.len(),
+            needed: missing.len(),
+            novel: missing.len(),
+            order: missing,
+            flying: Vec::new(),
+            counts: vec![0; n],
+            ccounts: vec![0; n],
+            at: vec![NOBODY; n],
+            since: vec![0; n],
+            again: vec![false; n],
+            haves: vec![None; np],
+            cohort: vec![false; np],
+            expected,
+            ruled_out: vec![false; np],
+            inflight: vec![0; np],
+            dirty: vec![true; np],
+            not_before: vec![None; np],
+            wait: vec![Duration::ZERO; np],
+            banned: vec![false; np],
+            names,
+            me,
+            rank: 0,
+            k: 1,
+            novel_moved: now,
+            total_raw,
+            list,
+            typical: 1.0,
+            rng: rng | 1,
+            t0: now,
+            last_progress: now,
+            picks: [0; 5],
+            novel_gone: None,
+        };
+        s.recount_cohort();
+        s
+    }
+
     fn rand(&mut self) -> u64 {
         // xorshift64*: a sampling order, not a secret.
         self.rng ^= self.rng >> 12;
@@ -377,108 +645,351 @@ impl Sched {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn set_have(&mut self, p: usize, bm: Bitmap) {
-        if let Some(old) = self.haves[p].take() {
-            for i in 0..old.len() {
-                if old.get(i) {
-                    self.counts[i as usize] = self.counts[i as usize].saturating_sub(1);
+    fn ms(&self, t: Instant) -> u32 {
+        t.saturating_duration_since(self.t0).as_millis().min(u128::from(u32::MAX - 1)) as u32
+    }
+
+    /// Sets what peer `p` has (`None`: unknown) and whether it stages the release.
+    fn set_have(&mut self, p: usize, bm: Option<Bitmap>, staging: bool) {
+        let Self { haves, cohort, counts, ccounts, .. } = self;
+        if let Some(old) = haves[p].take() {
+            for i in ones(&old) {
+                counts[i as usize] = counts[i as usize].saturating_sub(1);
+                if cohort[p] {
+                    ccounts[i as usize] = ccounts[i as usize].saturating_sub(1);
                 }
             }
         }
-        for i in 0..bm.len() {
-            if bm.get(i) {
+        let member = staging && bm.is_some() && !self.banned[p];
+        self.cohort[p] = member;
+        if bm.is_some() {
+            // Its own word: it stages the release, or not.
+            self.ruled_out[p] = !staging;
+        }
+        if let Some(bm) = &bm {
+            for i in ones(bm) {
                 self.counts[i as usize] = self.counts[i as usize].saturating_add(1);
+                if member {
+                    self.ccounts[i as usize] = self.ccounts[i as usize].saturating_add(1);
+                }
             }
         }
-        self.haves[p] = Some(bm);
+        self.haves[p] = bm;
+        self.dirty[p] = true;
+        self.recount_cohort();
+        self.recount_novel();
+    }
+
+    /// The cohort's size and this node's rank in it: the peers that said they stage the release, and those the
+    /// operator named with it that have not been ruled out yet (they may still be fetching the manifests).
+    fn recount_cohort(&mut self) {
+        let names = &self.names;
+        let member = |q: usize| !self.banned[q] && (self.cohort[q] || (self.expected[q] && !self.ruled_out[q]));
+        let (k, rank) = (0..names.len())
+            .filter(|&q| member(q))
+            .fold((1u32, 0u32), |(k, r), q| (k + 1, r + u32::from(names[q] < self.me)));
+        if (k, rank) != (self.k, self.rank) {
+            (self.k, self.rank) = (k, rank);
+            self.dirty.iter_mut().for_each(|d| *d = true);
+        }
+    }
+
+    /// The peer's staging ended (its subscription stream did): what it has stays known.
+    fn left_cohort(&mut self, p: usize) {
+        let bm = self.haves[p].take();
+        self.set_have(p, bm, false);
+        self.ruled_out[p] = true;
+        self.recount_cohort();
+    }
+
+    /// The peer does not know the release (yet): nothing of it counts, but a peer the operator named may
+    /// still join.
+    fn not_found(&mut self, p: usize) {
+        self.set_have(p, None, false);
+    }
+
+    /// The peer cannot be reached: nothing of it counts, and it is not in the cohort.
+    fn unreachable(&mut self, p: usize) {
+        self.set_have(p, None, false);
+        self.ruled_out[p] = true;
+        self.recount_cohort();
+    }
+
+    fn recount_novel(&mut self) {
+        let (state, ccounts) = (&self.state, &self.ccounts);
+        let novel = self.order.iter().filter(|&&i| state[i as usize] != 0 && ccounts[i as usize] == 0).count();
+        if novel != self.novel {
+            self.novel = novel;
+            self.novel_moved();
+        }
+    }
+
+    fn novel_moved(&mut self) {
+        let now = Instant::now();
+        self.novel_moved = now;
+        if self.novel == 0 && self.novel_gone.is_none() {
+            self.novel_gone = Some(self.ms(now));
+        }
     }
 
     fn add_have(&mut self, p: usize, indices: &[u32]) {
-        if let Some(bm) = self.haves[p].as_mut() {
-            for &i in indices {
-                if bm.set(i) {
-                    self.counts[i as usize] = self.counts[i as usize].saturating_add(1);
+        let Self { haves, cohort, counts, ccounts, state, novel, novel_moved, dirty, .. } = self;
+        let Some(bm) = haves[p].as_mut() else { return };
+        let mut gone = false;
+        for &i in indices {
+            if bm.set(i) {
+                let i = i as usize;
+                counts[i] = counts[i].saturating_add(1);
+                if cohort[p] {
+                    ccounts[i] = ccounts[i].saturating_add(1);
+                    if ccounts[i] == 1 && state[i] != 0 {
+                        *novel -= 1;
+                        *novel_moved = Instant::now();
+                        gone |= *novel == 0;
+                    }
+                }
+            }
+        }
+        dirty[p] = true;
+        if gone {
+            self.novel_moved();
+        }
+    }
+
+    /// Peer `p` said it lacks chunk `i`: not asked of it again until its next bitmap.
+    fn forget(&mut self, p: usize, i: u32) {
+        let Self { haves, cohort, counts, ccounts, state, novel, .. } = self;
+        if let Some(bm) = haves[p].as_mut() {
+            if bm.clear(i) {
+                let i = i as usize;
+                counts[i] = counts[i].saturating_sub(1);
+                if cohort[p] {
+                    ccounts[i] = ccounts[i].saturating_sub(1);
+                    if ccounts[i] == 0 && state[i] != 0 {
+                        *novel += 1;
+                    }
                 }
             }
         }
     }
 
-    fn forget(&mut self, p: usize, i: u32) {
-        if let Some(bm) = self.haves[p].as_mut() {
-            if bm.clear(i) {
-                self.counts[i as usize] = self.counts[i as usize].saturating_sub(1);
-            }
-        }
+    /// This node's stripe of the novel chunks.
+    fn mine(&self, i: u32) -> bool {
+        self.k <= 1 || i % self.k == self.rank
     }
 
-    /// A batch for peer `p`: the rarest of a random sample of the chunks it has that are needed. When nothing
-    /// is needed any more but some are in flight elsewhere (the end game), a few of those are asked again.
-    fn pick(&mut self, p: usize, lens: &[u32]) -> (Vec<u32>, bool) {
-        if self.haves[p].is_none() {
-            return (Vec::new(), false);
-        }
+    /// Uncompressed bytes per batch: an eighth of a stripe, within bounds.
+    fn batch_bytes(&self) -> u64 {
+        (self.total_raw / (u64::from(self.k) * 8)).clamp(BATCH_MIN, BATCH_MAX)
+    }
+
+    /// A batch for peer `p`, or `None` if it has nothing to give now. The bool is true for an end-game batch
+    /// (chunks in flight elsewhere, asked again).
+    fn pick(&mut self, p: usize, now: Instant) -> Option<(Vec<u32>, bool)> {
+        self.haves[p].as_ref()?;
         if self.order.len() > 1024 && self.order.len() > 2 * self.remaining {
             let state = &self.state;
             self.order.retain(|&i| state[i as usize] != 0);
         }
         let n = self.order.len();
         if n == 0 {
-            return (Vec::new(), false);
+            return None;
         }
-        let endgame = self.needed == 0;
-        let want = if endgame { 2 } else { 1 };
-        let start = (self.rand() % n as u64) as usize;
-        let have = self.haves[p].as_ref().expect("checked above");
-        let mut cands: Vec<u32> = Vec::new();
-        for k in 0..n.min(16_384) {
-            let i = self.order[(start + k) % n];
-            if self.state[i as usize] == want && have.get(i) {
+        let now_ms = self.ms(now);
+        if self.needed > 0 {
+            let source = !self.cohort[p];
+            // While some chunks are on sources only, a source is asked only for those, and only for this node's
+            // stripe of them unless their number has stopped falling.
+            let seed_phase = source && self.novel > 0;
+            let helping = now.saturating_duration_since(self.novel_moved) >= HELP_AFTER;
+            // A sample from a random start; the whole list for a source (its candidates are sparse).
+            let scan = if seed_phase { n } else { n.min(16_384) };
+            let start = (self.rand() % n as u64) as usize;
+            let have = self.haves[p].as_ref().expect("checked above");
+            let mut cands: Vec<u32> = Vec::new();
+            for k in 0..scan {
+                let i = self.order[(start + k) % n];
+                let iu = i as usize;
+                if self.state[iu] != 1 || !have.get(i) {
+                    continue;
+                }
+                if seed_phase && (self.ccounts[iu] != 0 || !(helping || self.mine(i))) {
+                    continue;
+                }
                 cands.push(i);
                 if cands.len() >= 2048 {
                     break;
                 }
             }
-        }
-        cands.sort_by_key(|&i| self.counts[i as usize]);
-        let (mut out, mut bytes) = (Vec::new(), 0u64);
-        let cap = if endgame { 16 } else { MAX_BATCH.min(1024) };
-        for i in cands {
-            if bytes >= BATCH_BYTES || out.len() >= cap {
-                break;
+            if !cands.is_empty() {
+                if seed_phase {
+                    cands.sort_by_key(|&i| !self.mine(i));
+                } else {
+                    cands.sort_by_key(|&i| self.counts[i as usize]);
+                }
+                let cap = self.batch_bytes();
+                let mut out = Vec::new();
+                let mut bytes = 0u64;
+                for i in cands {
+                    if bytes >= cap || out.len() >= MAX_BATCH.min(1024) {
+                        break;
+                    }
+                    bytes += u64::from(self.list.lens[i as usize]);
+                    out.push(i);
+                }
+                for &i in &out {
+                    let iu = i as usize;
+                    self.state[iu] = 2;
+                    self.at[iu] = p as u32;
+                    self.since[iu] = now_ms;
+                    self.again[iu] = false;
+                }
+                self.needed -= out.len();
+                self.flying.extend_from_slice(&out);
+                let kind = match (seed_phase, source) {
+                    (true, _) if out.iter().all(|&i| self.mine(i)) => 0,
+                    (true, _) => 1,
+                    (false, false) => 2,
+                    (false, true) => 3,
+                };
+                self.picks[kind] += out.len() as u64;
+                return Some((out, false));
             }
-            bytes += u64::from(lens[i as usize]);
-            out.push(i);
         }
-        if !endgame {
-            for &i in &out {
-                self.state[i as usize] = 2;
+        // The end game, once every chunk still to get is asked of some peer: chunks in flight at another peer
+        // for much longer than batches take. While some chunks are only on sources, a source is asked again
+        // only for those: its upload is for them.
+        let flying_now = self.remaining - self.needed;
+        if self.needed > 0 || flying_now == 0 {
+            return None;
+        }
+        let sources_only = !self.cohort[p] && self.novel > 0;
+        if self.flying.len() > 2 * flying_now + 64 {
+            let state = &self.state;
+            self.flying.retain(|&i| state[i as usize] == 2);
+        }
+        let late = ((2.0 * self.typical * 1000.0) as u32).saturating_add(ENDGAME_GRACE.as_millis() as u32);
+        let have = self.haves[p].as_ref().expect("checked above");
+        let mut out = Vec::new();
+        for &i in &self.flying {
+            let iu = i as usize;
+            if self.state[iu] == 2
+                && self.at[iu] != p as u32
+                && !self.again[iu]
+                && !(sources_only && self.ccounts[iu] != 0)
+                && have.get(i)
+                && now_ms.saturating_sub(self.since[iu]) > late
+            {
+                out.push(i);
+                if out.len() >= ENDGAME_BATCH {
+                    break;
+                }
             }
-            self.needed -= out.len();
         }
-        (out, endgame)
+        if out.is_empty() {
+            return None;
+        }
+        for &i in &out {
+            self.again[i as usize] = true;
+        }
+        self.picks[4] += out.len() as u64;
+        Some((out, true))
     }
 
-    /// Chunks asked and not received go back to needed.
-    fn requeue(&mut self, indices: &[u32]) {
-        for &i in indices {
-            if self.state[i as usize] == 2 {
-                self.state[i as usize] = 1;
-                self.needed += 1;
+    /// The next batch to ask for: (peer, indices, end game). Peers are tried least busy first (fewest of this
+    /// node's batches in flight there), from a random start among equals, so that load spreads over every
+    /// peer that has something to give and moves away from those that answer slowly.
+    fn next(&mut self, now: Instant) -> Option<(usize, Vec<u32>, bool)> {
+        let np = self.haves.len();
+        if np == 0 {
+            return None;
+        }
+        let start = (self.rand() % np as u64) as usize;
+        let mut order: Vec<usize> = (0..np)
+            .map(|k| (start + k) % np)
+            .filter(|&p| {
+                !self.banned[p]
+                    && self.haves[p].is_some()
+                    && self.inflight[p] < PER_PEER
+                    && self.dirty[p]
+                    && self.not_before[p].is_none_or(|t| now >= t)
+            })
+            .collect();
+        order.sort_by_key(|&p| self.inflight[p]);
+        for p in order {
+            match self.pick(p, now) {
+                Some((batch, endgame)) => {
+                    self.inflight[p] += 1;
+                    return Some((p, batch, endgame));
+                }
+                None => self.dirty[p] = false,
             }
+        }
+        None
+    }
+
+    /// A batch asked of `p` ended.
+    fn finished(&mut self, p: usize, endgame: bool, took: Duration, outcome: Outcome) {
+        self.inflight[p] = self.inflight[p].saturating_sub(1);
+        self.dirty[p] = true;
+        let jitter = Duration::from_millis(self.rand() % 50);
+        match outcome {
+            Outcome::Got => {
+                self.wait[p] = Duration::ZERO;
+                self.not_before[p] = None;
+                if !endgame {
+                    self.typical = 0.8 * self.typical + 0.2 * took.as_secs_f64();
+                }
+            }
+            Outcome::Busy => {
+                self.wait[p] = (self.wait[p] * 2).clamp(Duration::from_millis(25), Duration::from_millis(800));
+                self.not_before[p] = Some(Instant::now() + self.wait[p] + jitter);
+            }
+            Outcome::Failed => {
+                self.wait[p] = (self.wait[p] * 2).clamp(Duration::from_millis(250), Duration::from_secs(8));
+                self.not_before[p] = Some(Instant::now() + self.wait[p] + jitter);
+            }
+            Outcome::Banned => {
+                self.banned[p] = true;
+                self.set_have(p, None, false);
+            }
+        }
+    }
+
+    /// Chunks asked of `p` and not received are needed again (chunks asked again elsewhere in the end game are
+    /// not: they are still in flight where they were first asked).
+    fn requeue(&mut self, p: usize, indices: &[u32]) {
+        let mut any = false;
+        for &i in indices {
+            let iu = i as usize;
+            if self.state[iu] == 2 && self.at[iu] == p as u32 {
+                self.state[iu] = 1;
+                self.at[iu] = NOBODY;
+                self.again[iu] = false;
+                self.needed += 1;
+                any = true;
+            }
+        }
+        if any {
+            self.dirty.iter_mut().for_each(|d| *d = true);
         }
     }
 
     /// Returns whether the chunk was still to get.
     fn complete(&mut self, i: u32) -> bool {
-        let s = &mut self.state[i as usize];
-        if *s == 0 {
-            return false;
+        let iu = i as usize;
+        match self.state[iu] {
+            0 => return false,
+            1 => self.needed -= 1,
+            _ => {}
         }
-        if *s == 1 {
-            self.needed -= 1;
-        }
-        *s = 0;
+        self.state[iu] = 0;
+        self.at[iu] = NOBODY;
         self.remaining -= 1;
+        if self.ccounts[iu] == 0 {
+            self.novel -= 1;
+            self.novel_moved();
+        }
         self.last_progress = Instant::now();
         true
     }
@@ -486,29 +997,18 @@ impl Sched {
 
 struct Swarm {
     release: ReleaseId,
-    list: Arc<super::swarm::ChunkList>,
+    list: Arc<ChunkList>,
     sched: Mutex<Sched>,
+    /// Rung when what peers have changes: the dispatcher looks for work.
     wake: Notify,
-    done: AtomicBool,
     chunks: AtomicU64,
     /// Bytes received (compressed, as sent).
     bytes: AtomicU64,
     /// Uncompressed bytes of the chunks received (progress is counted in these).
     raw: AtomicU64,
-    /// Requests in flight, per peer.
-    active: Mutex<std::collections::HashMap<usize, u32>>,
 }
 
 impl Swarm {
-    fn sending(&self, p: usize, d: i32) {
-        let mut a = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        let n = a.entry(p).or_insert(0);
-        *n = n.saturating_add_signed(d);
-        if *n == 0 {
-            a.remove(&p);
-        }
-    }
-
     fn sched(&self) -> std::sync::MutexGuard<'_, Sched> {
         self.sched.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -526,54 +1026,69 @@ async fn fetch(
     if missing.is_empty() {
         return Ok((0, 0));
     }
-    let n = list.len();
-    let mut state = vec![0u8; n];
-    for &i in &missing {
-        state[i as usize] = 1;
-    }
     let peers: Vec<ClusterNode> = agent.peers.clone();
-    let seed = u64::from_le_bytes(*blake3::hash(agent.name.as_bytes()).as_bytes().first_chunk().expect("32 bytes"))
-        ^ crate::store::now_secs() as u64
-        | 1;
+    if peers.is_empty() {
+        return Err(format!("{} chunks missing and the cluster file names no other node", missing.len()));
+    }
+    let rng = u64::from_le_bytes(*blake3::hash(agent.name.as_bytes()).as_bytes().first_chunk().expect("32 bytes"))
+        ^ crate::store::now_secs() as u64;
+    let names = peers.iter().map(|p| p.name.clone()).collect();
+    let mut sched = Sched::new(list.clone(), missing, names, agent.name.clone(), &job.cohort, rng);
+    for (p, peer) in peers.iter().enumerate() {
+        sched.banned[p] = agent.is_banned(&peer.name);
+    }
     let swarm = Arc::new(Swarm {
         release,
         list: list.clone(),
-        sched: Mutex::new(Sched {
-            state,
-            remaining: missing.len(),
-            needed: missing.len(),
-            order: missing,
-            counts: vec![0; n],
-            haves: vec![None; peers.len()],
-            rng: seed,
-            last_progress: Instant::now(),
-        }),
+        sched: Mutex::new(sched),
         wake: Notify::new(),
-        done: AtomicBool::new(false),
         chunks: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         raw: AtomicU64::new(0),
-        active: Mutex::new(Default::default()),
     });
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut subs = tokio::task::JoinSet::new();
     for (p, peer) in peers.iter().enumerate() {
-        if agent.is_banned(&peer.name) {
-            continue;
-        }
-        let (a, s, pr) = (agent.clone(), swarm.clone(), peer.clone());
-        tasks.spawn(async move { subscribe(a, s, p, pr).await });
-        for _ in 0..WORKERS_PER_PEER {
-            let (a, s, pr, w, j) = (agent.clone(), swarm.clone(), peer.clone(), wtx.clone(), job.clone());
-            tasks.spawn(async move { worker(a, s, p, pr, w, j).await });
+        if !agent.is_banned(&peer.name) {
+            subs.spawn(subscribe(agent.clone(), swarm.clone(), p, peer.clone()));
         }
     }
+    let mut batches: tokio::task::JoinSet<(usize, bool, Duration, Outcome)> = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Progress, rate, and the stall guard.
     let mut window: std::collections::VecDeque<(Instant, u64)> = Default::default();
     let result = loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let (remaining, stalled) = {
-            let s = swarm.sched();
-            (s.remaining, s.last_progress.elapsed() > STALL)
+        // Start what can start.
+        while batches.len() < MAX_INFLIGHT {
+            let Some((p, batch, endgame)) = swarm.sched().next(Instant::now()) else { break };
+            let (a, s, pr, w, j) = (agent.clone(), swarm.clone(), peers[p].clone(), wtx.clone(), job.clone());
+            batches.spawn(async move {
+                let t = Instant::now();
+                let outcome = run_batch(&a, &s, p, &pr, batch, &w, &j).await;
+                (p, endgame, t.elapsed(), outcome)
+            });
+        }
+        tokio::select! {
+            Some(r) = batches.join_next(), if !batches.is_empty() => {
+                match r {
+                    Ok((p, endgame, took, outcome)) => swarm.sched().finished(p, endgame, took, outcome),
+                    Err(e) => tracing::error!("a batch task failed: {e}"),
+                }
+                continue;
+            }
+            _ = swarm.wake.notified() => continue,
+            _ = tick.tick() => {}
+        }
+        let (remaining, stalled, all_banned, peers_now) = {
+            let mut s = swarm.sched();
+            // Time-based rules (end game, help, back-off) may have opened new picks.
+            s.dirty.iter_mut().for_each(|d| *d = true);
+            (
+                s.remaining,
+                s.last_progress.elapsed() > STALL,
+                s.banned.iter().all(|&b| b),
+                s.inflight.iter().filter(|&&n| n > 0).count() as u32,
+            )
         };
         let bytes = swarm.bytes.load(Relaxed);
         window.push_back((Instant::now(), bytes));
@@ -584,7 +1099,6 @@ async fn fetch(
             (Some(a), Some(b)) if b.0 > a.0 => ((b.1 - a.1) as f64 / (b.0 - a.0).as_secs_f64()) as u64,
             _ => 0,
         };
-        let peers_now = swarm.active.lock().unwrap_or_else(|e| e.into_inner()).len() as u32;
         job.set_progress(|p| {
             p.bytes_done = swarm.raw.load(Relaxed);
             p.chunks_done = swarm.chunks.load(Relaxed);
@@ -594,7 +1108,7 @@ async fn fetch(
         if remaining == 0 {
             break Ok((swarm.chunks.load(Relaxed), bytes));
         }
-        if tasks.is_empty() || wtx.is_closed() {
+        if all_banned || wtx.is_closed() {
             break Err(format!("{remaining} chunks missing: no peer left to fetch them from, or the writer failed"));
         }
         if stalled {
@@ -603,35 +1117,49 @@ async fn fetch(
                 STALL.as_secs()
             ));
         }
-        // Reap finished tasks without waiting.
-        while let Some(r) = tasks.try_join_next() {
+        while let Some(r) = subs.try_join_next() {
             if let Err(e) = r {
-                tracing::error!("a fetch task failed: {e}");
+                if !e.is_cancelled() {
+                    tracing::error!("a subscription task failed: {e}");
+                }
             }
         }
     };
-    swarm.done.store(true, Relaxed);
-    swarm.wake.notify_waiters();
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
+    {
+        let s = swarm.sched();
+        tracing::info!(
+            "chunks asked: {} own stripe and {} others' from sources, {} from the cohort, {} from sources after, {} again in the end game; all in the cohort at {:.1} s; typical batch {:.2} s",
+            s.picks[0],
+            s.picks[1],
+            s.picks[2],
+            s.picks[3],
+            s.picks[4],
+            f64::from(s.novel_gone.unwrap_or(0)) / 1000.0,
+            s.typical
+        );
+    }
+    // End-game copies and subscriptions still running are of no use now.
+    batches.abort_all();
+    subs.abort_all();
+    while batches.join_next().await.is_some() {}
+    while subs.join_next().await.is_some() {}
     result
 }
 
-/// Keeps the swarm's view of what `peer` has.
+/// Keeps the swarm's view of what `peer` has and whether it stages the release too.
 async fn subscribe(agent: Arc<Agent>, swarm: Arc<Swarm>, p: usize, peer: ClusterNode) {
     let n = swarm.list.len() as u32;
-    while !swarm.done.load(Relaxed) && !agent.is_banned(&peer.name) {
+    while !agent.is_banned(&peer.name) {
         let r: Result<bool, String> = async {
             let conn = agent.conn(&peer).await?;
             let mut rx = client::send(&conn, &Request::Subscribe { release: swarm.release }).await?;
-            let mut complete = false;
             loop {
                 match client::recv(&mut rx).await {
                     Ok(Response::Have { bitmap, more }) => {
                         let bm = Bitmap::from_bytes(bitmap, n).ok_or("a bitmap of the wrong length")?;
-                        complete = bm.count() == n;
-                        swarm.sched().set_have(p, bm);
-                        swarm.wake.notify_waiters();
+                        let complete = bm.count() == n;
+                        swarm.sched().set_have(p, Some(bm), more);
+                        swarm.wake.notify_one();
                         if !more {
                             return Ok(complete);
                         }
@@ -641,166 +1169,205 @@ async fn subscribe(agent: Arc<Agent>, swarm: Arc<Swarm>, p: usize, peer: Cluster
                             return Err("an index out of range".into());
                         }
                         swarm.sched().add_have(p, &indices);
-                        swarm.wake.notify_waiters();
+                        swarm.wake.notify_one();
                     }
                     Ok(other) => return Err(format!("unexpected {}", client::kind(&other))),
-                    // The peer ended its staging (or the stream): what it has is known.
-                    Err(e) if e.code == Some(E_NOT_FOUND) => return Ok(false),
-                    Err(_) => return Ok(complete),
+                    // The peer knows nothing of the release (yet).
+                    Err(e) if e.code == Some(E_NOT_FOUND) => {
+                        swarm.sched().not_found(p);
+                        return Ok(false);
+                    }
+                    // The stream ended: the peer's staging is over (or it went away); what it had stays known
+                    // until the next subscription says more.
+                    Err(_) => {
+                        swarm.sched().left_cohort(p);
+                        swarm.wake.notify_one();
+                        return Ok(false);
+                    }
                 }
             }
         }
         .await;
         match r {
+            // It has every chunk, and always will: nothing more to learn.
             Ok(true) => return,
-            Ok(false) => tokio::time::sleep(Duration::from_millis(700)).await,
+            // Asked again soon: a peer named in the same order should be about to stage it.
+            Ok(false) => {
+                let soon = swarm.sched().expected[p];
+                tokio::time::sleep(Duration::from_millis(if soon { 200 } else { 700 })).await
+            }
             Err(e) => {
                 tracing::debug!("subscription to {} failed: {e}", peer.name);
                 agent.stat(&peer.name, |s| s.errors += 1);
+                // Unreachable: what it had counts no more (for rarity, stripes, or being asked).
+                swarm.sched().unreachable(p);
+                swarm.wake.notify_one();
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
 }
 
-/// Keeps one batch request in flight to `peer` while it has chunks this node needs.
-async fn worker(
-    agent: Arc<Agent>,
-    swarm: Arc<Swarm>,
+/// Asks `peer` for one batch, verifying each chunk as it arrives and handing verified chunks to the writer and
+/// the subscribers every [`FLUSH_BYTES`], so that they can be forwarded before the batch is whole. What was not
+/// received is needed again (not for end-game copies: see [`Sched::requeue`]).
+async fn run_batch(
+    agent: &Agent,
+    swarm: &Swarm,
     p: usize,
-    peer: ClusterNode,
-    wtx: tokio::sync::mpsc::Sender<Write>,
-    job: Arc<Job>,
-) {
-    let mut backoff = Duration::from_millis(250);
-    let mut busy = Duration::from_millis(25);
-    while !swarm.done.load(Relaxed) && !agent.is_banned(&peer.name) {
-        // The slot first, then the pick: a batch is reserved only while it can be fetched at once.
-        let Ok(permit) = agent.inflight.clone().acquire_owned().await else { return };
-        let (batch, endgame) = swarm.sched().pick(p, &swarm.list.lens);
-        if batch.is_empty() {
-            drop(permit);
-            let _ = tokio::time::timeout(Duration::from_millis(200), swarm.wake.notified()).await;
-            continue;
+    peer: &ClusterNode,
+    batch: Vec<u32>,
+    wtx: &tokio::sync::mpsc::Sender<Write>,
+    job: &Job,
+) -> Outcome {
+    let raw: u64 = batch.iter().map(|&i| u64::from(swarm.list.lens[i as usize])).sum();
+    // Generous: the end game, not this deadline, keeps a slow peer from holding chunks up; this one is for
+    // peers that stopped answering.
+    let deadline = super::agent::UPLOAD_QUEUE + BATCH_FLOOR + Duration::from_secs_f64(raw as f64 / (32.0 * 1024.0));
+    let mut got = Got::default();
+    let r = match tokio::time::timeout(deadline, receive(agent, swarm, p, peer, &batch, wtx, job, &mut got)).await {
+        Ok(r) => r,
+        Err(_) => Err(Fail::Other(format!("no whole answer within {:.1} s", deadline.as_secs_f64()))),
+    };
+    // What verified before a failure is kept.
+    if !matches!(r, Err(Fail::Lie(_))) {
+        let _ = got.flush(agent, swarm, peer, wtx, job).await;
+    }
+    swarm.sched().requeue(p, &batch);
+    swarm.wake.notify_one();
+    match r {
+        Ok(()) => Outcome::Got,
+        Err(Fail::Busy) => Outcome::Busy,
+        Err(Fail::Lie(e)) => {
+            agent.ban(&peer.name, &e).await;
+            Outcome::Banned
         }
-        swarm.sending(p, 1);
-        let r = get_batch(&agent, &swarm, &peer, &batch).await;
-        swarm.sending(p, -1);
-        // What an end-game batch did not get is still asked elsewhere: nothing to put back.
-        let requeue = |s: &mut Sched, idx: &[u32]| {
-            if !endgame {
-                s.requeue(idx);
-            }
-        };
-        match r {
-            Ok(Batch { objects, lacks }) => {
-                let list = swarm.list.clone();
-                let verified = tokio::task::spawn_blocking(move || {
-                    let bad = objects
-                        .par_iter()
-                        .find_any(|(i, o)| {
-                            crate::chunk::decode_object(&list.ids[*i as usize], o, Some(list.lens[*i as usize]))
-                                .is_err()
-                        })
-                        .map(|b| b.0);
-                    (objects, bad)
-                })
-                .await;
-                let Ok((objects, bad)) = verified else {
-                    requeue(&mut swarm.sched(), &batch);
-                    swarm.wake.notify_waiters();
-                    return;
-                };
-                if let Some(i) = bad {
-                    {
-                        let mut s = swarm.sched();
-                        requeue(&mut s, &batch);
-                        s.set_have(p, Bitmap::new(swarm.list.len() as u32));
-                    }
-                    agent.ban(&peer.name, &format!("chunk {i} that does not match its hash")).await;
-                    swarm.wake.notify_waiters();
-                    return;
+        Err(Fail::Other(e)) => {
+            tracing::debug!("batch from {} failed: {e}", peer.name);
+            agent.stat(&peer.name, |s| s.errors += 1);
+            Outcome::Failed
+        }
+    }
+}
+
+/// Verified chunks of a batch not yet handed over.
+#[derive(Default)]
+struct Got {
+    chunks: Vec<(u32, Vec<u8>)>,
+    bytes: usize,
+}
+
+/// Verified chunks are handed over when this many bytes (compressed) have accumulated, and at the end.
+const FLUSH_BYTES: usize = 128 << 10;
+
+impl Got {
+    /// Marks the chunks got, keeps them in memory to serve until they are committed, announces them, and queues
+    /// them for the writer (waiting for room in its queue first, so that none is lost on the way).
+    async fn flush(
+        &mut self,
+        agent: &Agent,
+        swarm: &Swarm,
+        peer: &ClusterNode,
+        wtx: &tokio::sync::mpsc::Sender<Write>,
+        job: &Job,
+    ) -> Result<(), Fail> {
+        if self.chunks.is_empty() {
+            return Ok(());
+        }
+        let slot = wtx.reserve().await.map_err(|_| Fail::Other("the writer stopped".into()))?;
+        self.bytes = 0;
+        let mut new = Vec::with_capacity(self.chunks.len());
+        {
+            let mut pend = agent.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = swarm.sched();
+            for (i, o) in self.chunks.drain(..) {
+                if s.complete(i) {
+                    let o = Arc::new(o);
+                    pend.insert(swarm.list.ids[i as usize], o.clone());
+                    new.push((i, o));
                 }
-                // The writer's queue slot is taken before the chunks count as got, so that a fetch that ends
-                // at once (the last chunks) never drops a batch on the way to the writer.
-                let Ok(slot) = wtx.reserve().await else {
-                    requeue(&mut swarm.sched(), &batch);
-                    return;
-                };
-                let mut new = Vec::new();
-                {
-                    let mut pend = agent.pending.lock().unwrap_or_else(|e| e.into_inner());
-                    let mut s = swarm.sched();
-                    let mut got = std::collections::HashSet::with_capacity(objects.len());
-                    for (i, o) in objects {
-                        got.insert(i);
-                        if s.complete(i) {
-                            let o = Arc::new(o);
-                            pend.insert(swarm.list.ids[i as usize], o.clone());
-                            new.push((i, o));
-                        }
-                    }
-                    // What the peer said it lacks is not asked of it again; what it left unanswered may be.
-                    for &i in &lacks {
-                        s.forget(p, i);
-                    }
-                    let missed: Vec<u32> = batch.iter().copied().filter(|i| !got.contains(i)).collect();
-                    requeue(&mut s, &missed);
+            }
+        }
+        let nbytes = new.iter().map(|(_, o)| o.len() as u64).sum::<u64>();
+        let nraw = new.iter().map(|(i, _)| u64::from(swarm.list.lens[*i as usize])).sum::<u64>();
+        let nchunks = new.len() as u64;
+        swarm.bytes.fetch_add(nbytes, Relaxed);
+        swarm.raw.fetch_add(nraw, Relaxed);
+        swarm.chunks.fetch_add(nchunks, Relaxed);
+        agent.stat(&peer.name, |s| {
+            s.bytes_in += nbytes;
+            s.chunks_in += nchunks;
+        });
+        {
+            let mut have = job.have.lock().unwrap_or_else(|e| e.into_inner());
+            let ann = job.announce.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, _) in &new {
+                have.set(*i);
+                if let Some(a) = ann.as_ref() {
+                    let _ = a.send(*i);
                 }
-                let nbytes = new.iter().map(|(_, o)| o.len() as u64).sum::<u64>();
-                let nraw = new.iter().map(|(i, _)| u64::from(swarm.list.lens[*i as usize])).sum::<u64>();
-                let nchunks = new.len() as u64;
-                swarm.bytes.fetch_add(nbytes, Relaxed);
-                swarm.raw.fetch_add(nraw, Relaxed);
-                swarm.chunks.fetch_add(nchunks, Relaxed);
-                agent.stat(&peer.name, |s| {
-                    s.bytes_in += nbytes;
-                    s.chunks_in += nchunks;
-                });
-                {
-                    let mut have = job.have.lock().unwrap_or_else(|e| e.into_inner());
-                    let ann = job.announce.lock().unwrap_or_else(|e| e.into_inner());
-                    for (i, _) in &new {
-                        have.set(*i);
-                        if let Some(a) = ann.as_ref() {
-                            let _ = a.send(*i);
-                        }
-                    }
+            }
+        }
+        let items = new.into_iter().map(|(i, o)| (swarm.list.ids[i as usize], o)).collect();
+        slot.send(Write::Chunks(items));
+        Ok(())
+    }
+}
+
+/// One `GetChunks`: each chunk is checked (asked, not larger than it can be, decodes to its id) as it arrives.
+#[allow(clippy::too_many_arguments)]
+async fn receive(
+    agent: &Agent,
+    swarm: &Swarm,
+    p: usize,
+    peer: &ClusterNode,
+    batch: &[u32],
+    wtx: &tokio::sync::mpsc::Sender<Write>,
+    job: &Job,
+    got: &mut Got,
+) -> Result<(), Fail> {
+    let conn = agent.conn(peer).await.map_err(Fail::Other)?;
+    let req = Request::GetChunks { release: swarm.release, indices: batch.to_vec() };
+    let mut rx = client::send(&conn, &req).await.map_err(Fail::Other)?;
+    let mut asked: std::collections::HashSet<u32> = batch.iter().copied().collect();
+    loop {
+        match client::recv(&mut rx).await {
+            Ok(Response::Chunk { index, object }) => {
+                if !asked.remove(&index) {
+                    return Err(Fail::Lie(format!("chunk {index}, which was not asked or was sent twice")));
                 }
-                let items = new.into_iter().map(|(i, o)| (swarm.list.ids[i as usize], o)).collect();
-                slot.send(Write::Chunks(items));
-                drop(permit);
-                swarm.wake.notify_waiters();
-                backoff = Duration::from_millis(250);
-                busy = Duration::from_millis(25);
-            }
-            Err(Fail::Busy) => {
-                drop(permit);
-                requeue(&mut swarm.sched(), &batch);
-                swarm.wake.notify_waiters();
-                let jitter = swarm.sched().rand() % 50;
-                tokio::time::sleep(busy + Duration::from_millis(jitter)).await;
-                busy = (busy * 2).min(Duration::from_millis(800));
-            }
-            Err(Fail::Lie(e)) => {
-                {
-                    let mut s = swarm.sched();
-                    requeue(&mut s, &batch);
-                    s.set_have(p, Bitmap::new(swarm.list.len() as u32));
+                // A stored object is never larger than its header plus the raw bytes.
+                let len = swarm.list.lens[index as usize];
+                let cap = crate::chunk::HEADER_LEN + len as usize;
+                if object.len() > cap {
+                    return Err(Fail::Lie(format!("chunk {index} of {} bytes (at most {cap})", object.len())));
                 }
-                agent.ban(&peer.name, &e).await;
-                swarm.wake.notify_waiters();
-                return;
+                if crate::chunk::decode_object(&swarm.list.ids[index as usize], &object, Some(len)).is_err() {
+                    return Err(Fail::Lie(format!("chunk {index} that does not match its hash")));
+                }
+                got.bytes += object.len();
+                got.chunks.push((index, object));
+                if got.bytes >= FLUSH_BYTES {
+                    got.flush(agent, swarm, peer, wtx, job).await?;
+                }
             }
-            Err(Fail::Other(e)) => {
-                drop(permit);
-                tracing::debug!("batch from {} failed: {e}", peer.name);
-                agent.stat(&peer.name, |s| s.errors += 1);
-                requeue(&mut swarm.sched(), &batch);
-                swarm.wake.notify_waiters();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(8));
+            Ok(Response::NotHere { index }) => {
+                // Not asked of it again until its next bitmap.
+                if asked.remove(&index) {
+                    swarm.sched().forget(p, index);
+                }
             }
+            Ok(Response::End) => return Ok(()),
+            Ok(other) => return Err(Fail::Other(format!("unexpected {}", client::kind(&other)))),
+            Err(e) if e.code == Some(E_BUSY) => return Err(Fail::Busy),
+            Err(e) if e.code == Some(E_NOT_FOUND) => {
+                let mut s = swarm.sched();
+                for &i in &asked {
+                    s.forget(p, i);
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(Fail::Other(e.message)),
         }
     }
 }
@@ -812,56 +1379,4 @@ enum Fail {
     Lie(String),
     /// Anything else (timeouts, lost connections).
     Other(String),
-}
-
-#[derive(Default)]
-struct Batch {
-    objects: Vec<(u32, Vec<u8>)>,
-    lacks: Vec<u32>,
-}
-
-/// One `GetChunks`, within a deadline that assumes at least 256 KiB/s: the objects received (unverified) and
-/// the indices the peer said it lacks.
-async fn get_batch(agent: &Agent, swarm: &Swarm, peer: &ClusterNode, batch: &[u32]) -> Result<Batch, Fail> {
-    let raw: u64 = batch.iter().map(|&i| u64::from(swarm.list.lens[i as usize])).sum();
-    let deadline = Duration::from_secs(3) + Duration::from_secs_f64(raw as f64 / (256.0 * 1024.0));
-    let go = async {
-        let conn = agent.conn(peer).await.map_err(Fail::Other)?;
-        let req = Request::GetChunks { release: swarm.release, indices: batch.to_vec() };
-        let mut rx = client::send(&conn, &req).await.map_err(Fail::Other)?;
-        let mut asked: std::collections::HashSet<u32> = batch.iter().copied().collect();
-        let mut out = Batch::default();
-        loop {
-            match client::recv(&mut rx).await {
-                Ok(Response::Chunk { index, object }) => {
-                    if !asked.remove(&index) {
-                        return Err(Fail::Lie(format!("chunk {index}, which was not asked or was sent twice")));
-                    }
-                    // A stored object is never larger than its header plus the raw bytes.
-                    let cap = crate::chunk::HEADER_LEN + swarm.list.lens[index as usize] as usize;
-                    if object.len() > cap {
-                        return Err(Fail::Lie(format!("chunk {index} of {} bytes (at most {cap})", object.len())));
-                    }
-                    out.objects.push((index, object));
-                }
-                Ok(Response::NotHere { index }) => {
-                    if asked.remove(&index) {
-                        out.lacks.push(index);
-                    }
-                }
-                Ok(Response::End) => return Ok(out),
-                Ok(other) => return Err(Fail::Other(format!("unexpected {}", client::kind(&other)))),
-                Err(e) if e.code == Some(E_BUSY) => return Err(Fail::Busy),
-                Err(e) if e.code == Some(E_NOT_FOUND) => {
-                    out.lacks.extend(asked.drain());
-                    return Ok(out);
-                }
-                Err(e) => return Err(Fail::Other(e.message)),
-            }
-        }
-    };
-    match tokio::time::timeout(deadline, go).await {
-        Ok(r) => r,
-        Err(_) => Err(Fail::Other(format!("no whole answer within {:.1} s", deadline.as_secs_f64()))),
-    }
 }

@@ -42,6 +42,9 @@ pub enum Request {
     Stage {
         /// Release name.
         name: String,
+        /// The names of every node ordered to stage it at the same time (sorted; may be empty): they share
+        /// the work of getting the manifests from the seed (`PROTOCOL.md`, "Swarm").
+        cohort: Vec<String>,
     },
     /// Activate an installed release. Operator only.
     Switch {
@@ -69,16 +72,19 @@ pub enum Response {
         /// Its id (the hash of the body inside `bytes`).
         id: ReleaseId,
         /// The stored release file (`QPKR`).
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// Answer to `GetManifest`: the manifest file (`QPKM`).
     Manifest {
         /// Its bytes.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// First answer to `Subscribe`: one bit per chunk of the list, bit `i % 8` of byte `i / 8`.
     Have {
         /// The bitmap.
+        #[serde(with = "serde_bytes")]
         bitmap: Vec<u8>,
         /// True if the server will send `HaveMore` as it gets chunks (it is staging the release).
         more: bool,
@@ -93,6 +99,7 @@ pub enum Response {
         /// Its index.
         index: u32,
         /// The stored object (`proto/FORMAT.md`, chunk object).
+        #[serde(with = "serde_bytes")]
         object: Vec<u8>,
     },
     /// The server lacks this chunk.
@@ -268,6 +275,30 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     out.extend_from_slice(&body);
     out
 }
+
+/// Encodes `Response::Chunk { index, object }` as one frame without copying the object into a message first
+/// (the bytes are those of [`encode`]; a test checks it).
+pub fn encode_chunk(index: u32, object: &[u8]) -> Vec<u8> {
+    #[derive(Serialize)]
+    enum Borrowed<'a> {
+        #[serde(rename = "Chunk")]
+        Chunk {
+            index: u32,
+            #[serde(with = "serde_bytes")]
+            object: &'a [u8],
+        },
+    }
+    // `Chunk` is variant 5 of `Response`: a one-variant enum encodes as variant 0, so the tag is written here.
+    let body = postcard::to_stdvec(&Borrowed::Chunk { index, object }).expect("postcard encodes every message");
+    let mut out = Vec::with_capacity(5 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.push(CHUNK_TAG);
+    out.extend_from_slice(&body[1..]);
+    out
+}
+
+/// The postcard variant index of `Response::Chunk`.
+const CHUNK_TAG: u8 = 5;
 
 /// Decodes a frame body; trailing bytes are malformed.
 pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {

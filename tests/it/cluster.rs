@@ -377,7 +377,7 @@ fn an_agent_killed_mid_transfer_resumes_with_what_it_had_verified() {
     let r1 = cl.publish("r1");
     let (total_chunks, total) = (num(&r1, "chunks_new"), num(&r1, "bytes_stored"));
     // A slow seed: the release takes several seconds to leave it.
-    cl.bed.set_faults(SEED, Faults { chunk_delay_ms: 15, ..Faults::default() }).unwrap();
+    cl.bed.set_faults(SEED, Faults { chunk_delay_ms: 40, ..Faults::default() }).unwrap();
     cl.start_all();
     cl.wait_up(None);
 

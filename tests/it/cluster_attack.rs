@@ -750,7 +750,7 @@ fn malformed_and_oversized_frames_get_errors_and_never_kill_the_agent() {
             other => panic!("a valid GetChunks after errors: {other:?}"),
         }
         // A node certificate may not order.
-        let r = raw(&c, &wire::encode(&Request::Stage { name: "r1".into() })).await;
+        let r = raw(&c, &wire::encode(&Request::Stage { name: "r1".into(), cohort: vec![] })).await;
         assert_error(&r, E_FORBIDDEN, "Stage with a node certificate");
 
         // Three malformed frames on one connection: each gets its error, then the connection is closed.
@@ -857,7 +857,7 @@ fn random_frames_never_kill_the_agent() {
         Request::Subscribe { release },
         Request::GetChunks { release, indices: vec![0, n / 2, n - 1] },
         Request::Status,
-        Request::Stage { name: "r1".into() },
+        Request::Stage { name: "r1".into(), cohort: vec![] },
         Request::Switch { release: "r1".into() },
         Request::Rollback,
     ]

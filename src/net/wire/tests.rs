@@ -71,9 +71,21 @@ fn golden_requests() {
         MAX_REQUEST,
     );
 
-    let msg = Request::Stage { name: NAME.into() };
-    let v = Vector::new().pc("Request::Stage (variant 4)", &4u32).pc(&format!("name: {NAME:?}"), &NAME);
-    golden("wire-stage.hex", "Request Stage { name: \"2026.11.24-1\" } (operator only)", v, &msg, MAX_REQUEST);
+    let cohort = vec!["ccqserv101".to_string(), "ccqserv102".to_string()];
+    let msg = Request::Stage { name: NAME.into(), cohort: cohort.clone() };
+    let v = Vector::new()
+        .pc("Request::Stage (variant 4)", &4u32)
+        .pc(&format!("name: {NAME:?}"), &NAME)
+        .pc("cohort: 2 (varint count)", &2u32)
+        .pc(&format!("cohort[0]: {:?}", cohort[0]), &cohort[0])
+        .pc(&format!("cohort[1]: {:?}", cohort[1]), &cohort[1]);
+    golden(
+        "wire-stage.hex",
+        "Request Stage { name: \"2026.11.24-1\", cohort: [\"ccqserv101\", \"ccqserv102\"] } (operator only)",
+        v,
+        &msg,
+        MAX_REQUEST,
+    );
 
     let msg = Request::Status;
     let v = Vector::new().pc("Request::Status (variant 7, no fields)", &7u32);
@@ -266,7 +278,7 @@ fn variant_indices_codes_and_caps() {
         Request::GetManifest { id: ManifestId([0; 32]) },
         Request::Subscribe { release: r },
         Request::GetChunks { release: r, indices: vec![] },
-        Request::Stage { name: String::new() },
+        Request::Stage { name: String::new(), cohort: vec![] },
         Request::Switch { release: String::new() },
         Request::Rollback,
         Request::Status,
@@ -430,7 +442,7 @@ async fn truncated_frames() {
         assert_eq!(e.code(), E_MALFORMED);
     }
     // A body cut short: the stream ended early.
-    let frame = encode(&Request::Stage { name: NAME.into() });
+    let frame = encode(&Request::Stage { name: NAME.into(), cohort: vec![] });
     for cut in 4..frame.len() {
         let e = read_frame(&mut &frame[..cut], MAX_REQUEST).await.unwrap_err();
         assert!(matches!(&e, FrameError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof), "{cut}: {e:?}");
@@ -443,7 +455,10 @@ async fn truncated_frames() {
             w.write_all(&[b]).await.unwrap();
         }
     });
-    assert_eq!(read_msg::<Request, _>(&mut r, MAX_REQUEST).await.unwrap(), Request::Stage { name: NAME.into() });
+    assert_eq!(
+        read_msg::<Request, _>(&mut r, MAX_REQUEST).await.unwrap(),
+        Request::Stage { name: NAME.into(), cohort: vec![] }
+    );
     writer.await.unwrap();
 }
 
@@ -503,7 +518,7 @@ fn request() -> impl Strategy<Value = Request> {
         id32().prop_map(|b| Request::Subscribe { release: ReleaseId(b) }),
         (id32(), vec(any::<u32>(), 0..300))
             .prop_map(|(b, indices)| Request::GetChunks { release: ReleaseId(b), indices }),
-        any::<String>().prop_map(|name| Request::Stage { name }),
+        (any::<String>(), vec(any::<String>(), 0..4)).prop_map(|(name, cohort)| Request::Stage { name, cohort }),
         any::<String>().prop_map(|release| Request::Switch { release }),
         Just(Request::Rollback),
         Just(Request::Status),
@@ -683,5 +698,15 @@ proptest! {
         }
         prop_assert_eq!(b.count() as usize, model.iter().filter(|x| **x).count());
         prop_assert_eq!(Bitmap::from_bytes(b.bytes().to_vec(), n), Some(b));
+    }
+}
+
+#[test]
+fn encode_chunk_is_the_encoding_of_a_chunk_response() {
+    for (index, object) in [(0u32, vec![]), (7, vec![1u8, 2, 3]), (300_000, vec![0xAB; 70_000])] {
+        let want = encode(&Response::Chunk { index, object: object.clone() });
+        assert_eq!(encode_chunk(index, &object), want, "index {index}, {} bytes", object.len());
+        let body = &want[4..];
+        assert_eq!(decode::<Response>(body).unwrap(), Response::Chunk { index, object });
     }
 }
