@@ -1,0 +1,488 @@
+#!/bin/bash
+# Fan-out benchmark (issue 5): one release to N simulated hosts, each a network namespace with its own link
+# shaped to RATE both ways (tc tbf), joined by a bridge in a namespace of its own. In one run, on the same
+# generated release:
+#   qpack  `qpack deploy` (operator in the build host's namespace) to N agents + the seed agent on the build host
+#   http   every node downloads the release exported as one .tar.zst at once from the build host (python3
+#          http.server) and checks its BLAKE3 (b3sum; sha256sum if b3sum is missing)
+#   aria2  a BitTorrent swarm of that .tar.zst: opentracker and the seeding aria2c on the build host, aria2c on
+#          every node (each checks the file like http once done, and keeps seeding until all are done)
+#   bound  the release's compressed bytes (what a qpack node must receive) / RATE
+# and prints: method, N, rate, seconds (until the last node has it), ratio to the bound, the most bytes any one
+# host sent on its link (wire bytes, headers included), and the machine's CPU use during the method (mean/peak,
+# 100% = every core busy). --json prints the rows as a JSON list instead.
+#
+# Usage: benches/fanout/run.sh --nodes N --rate RATE [--size SIZE] [--mtu MTU] [--json]
+#                               [--methods qpack,http,aria2] [--dir DIR] [--keep]
+#   RATE   per-host link rate, each way: 25mbit, 100mbit, 1gbit (a bare number is mbit)
+#   SIZE   uncompressed size of the generated EUPS tree (default 100M: ~44 MB of compressed chunks, a
+#          ~36 MB .tar.zst; the http row takes N x that / RATE)
+#   MTU    of every link (default 9000, jumbo frames as on a data-centre LAN; 1500 for plain Ethernet):
+#          all the hosts share this machine's cores, and per-packet work is what costs CPU
+#   --dir  where the stores go (default /dev/shm when it and the memory have room, else /var/tmp)
+#   --keep keep the work directory (logs, JSON) instead of removing it
+#
+# Needs root (namespaces, veth, tc); without it prints a "skipped" line and exits 0. Uses only addresses in
+# 10.77.0.0/16 inside its own namespaces (named qf<PID>…); no traffic leaves them. One kernel setting is
+# changed for the run and restored at exit: the ARP table's size (net.ipv4.neigh.default.gc_thresh1-3), which
+# is shared by all namespaces and too small (1024 entries) for N hosts that each talk to N others. A trap removes
+# exactly what it made (its namespaces by name, its processes by PID/process group) on exit, failure or
+# interrupt. Every wait is bounded. Packages (Debian): iproute2, curl, python3; for the aria2 row aria2,
+# mktorrent, opentracker; b3sum optional. Missing ones are installed with apt-get once (the only network use;
+# --no-install to forbid it); a row whose tools cannot be had is printed as skipped, with the reason.
+set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+NODES="" RATE="" SIZE=100M MTU=9000 JSON=0 METHODS="qpack,http,aria2" DIR="" KEEP=0 INSTALL=1
+while (($#)); do
+  case "$1" in
+    --nodes) NODES=${2:?--nodes N}; shift 2 ;;
+    --rate) RATE=${2:?--rate RATE}; shift 2 ;;
+    --size) SIZE=${2:?--size SIZE}; shift 2 ;;
+    --mtu) MTU=${2:?--mtu MTU}; shift 2 ;;
+    --json) JSON=1; shift ;;
+    --methods) METHODS=${2:?--methods LIST}; shift 2 ;;
+    --dir) DIR=${2:?--dir DIR}; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    --no-install) INSTALL=0; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+[[ "$NODES" =~ ^[0-9]+$ ]] && ((NODES >= 1 && NODES <= 200)) || { echo "run.sh: --nodes N (1 to 200) is required" >&2; exit 2; }
+[ -n "$RATE" ] || { echo "run.sh: --rate RATE is required (e.g. 25mbit)" >&2; exit 2; }
+[[ "$MTU" =~ ^[0-9]+$ ]] && ((MTU >= 1280 && MTU <= 9000)) || { echo "run.sh: --mtu MTU (1280 to 9000)" >&2; exit 2; }
+for m in ${METHODS//,/ }; do
+  case $m in qpack|http|aria2) ;; *) echo "run.sh: --methods: unknown method $m (qpack, http, aria2)" >&2; exit 2 ;; esac
+done
+has_method() { [[ ",$METHODS," == *",$1,"* ]]; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "fanout: skipped: needs root (network namespaces, veth, tc); run it as root"
+  exit 0
+fi
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+PYH="python3 $HERE/fanout.py"
+say() { echo "fanout: $*" >&2; }
+die() { echo "fanout: error: $*" >&2; exit 1; }
+
+for t in ip tc python3 curl; do command -v $t >/dev/null || die "$t is missing (apt-get install iproute2 curl python3)"; done
+PY=$(command -v /usr/bin/python3 || command -v python3)
+
+# --- binaries -----------------------------------------------------------------------------------------------
+Q=${QPACK:-$ROOT/target/release/qpack}
+MT=${MAKE_TREE:-$ROOT/target/release/examples/make-tree}
+if [ ! -x "$Q" ] || [ ! -x "$MT" ]; then
+  say "building target/release/qpack and the make-tree example (cargo build --release)"
+  (cd "$ROOT" && cargo build --release -q --bin qpack --example make-tree) || die "cargo build --release failed"
+fi
+
+# --- packages for the baselines (installed once; the run itself needs no network) ----------------------------
+SKIP_ARIA2=""
+if has_method aria2; then
+  missing=()
+  command -v aria2c >/dev/null || missing+=(aria2)
+  command -v mktorrent >/dev/null || missing+=(mktorrent)
+  command -v opentracker >/dev/null || missing+=(opentracker)
+  command -v b3sum >/dev/null || missing+=(b3sum)
+  if ((${#missing[@]})) && ((INSTALL)) && command -v apt-get >/dev/null; then
+    say "installing ${missing[*]} (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    timeout 300 apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
+      || { timeout 300 apt-get update -qq >/dev/null 2>&1 && timeout 300 apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; } \
+      || say "apt-get install ${missing[*]} failed"
+  fi
+  for t in aria2c mktorrent opentracker; do
+    command -v $t >/dev/null || { SKIP_ARIA2="$t not installed (apt-get install aria2 mktorrent opentracker)"; break; }
+  done
+fi
+if command -v b3sum >/dev/null; then HASH="b3sum --no-names"; else HASH="sha256sum"; fi
+hashfile() { $HASH "$1" | cut -d' ' -f1; }
+
+# --- parameters ---------------------------------------------------------------------------------------------
+read -r BPS TCRATE < <($PYH rate "$RATE")
+SIZE_BYTES=$($PYH size "$SIZE")
+RATE_LABEL="$(awk -v b="$BPS" 'BEGIN { if (b >= 1e9 && b % 1e9 == 0) printf "%dgbit", b/1e9; else if (b >= 1e6) printf "%gmbit", b/1e6; else printf "%gkbit", b/1e3 }')"
+BURST=$(( BPS / 8 / 100 ))            # 10 ms at RATE
+((BURST < 16384)) && BURST=16384
+((BURST < 4 * MTU)) && BURST=$((4 * MTU))
+ID="qf$$"                              # namespace names: ${ID}br (the bridge), ${ID}h0 (build), ${ID}h1..hN
+BRNS="${ID}br"
+ns() { echo "${ID}h$1"; }
+addr() { echo "10.77.$(( $1 / 250 )).$(( $1 % 250 + 1 ))"; }
+if ((NODES < 100)); then name() { if (($1 == 0)); then echo build; else printf 'node%02d' "$1"; fi; }
+else name() { if (($1 == 0)); then echo build; else printf 'node%03d' "$1"; fi; }; fi
+ip netns list | grep -q "^${ID}" && die "namespaces named ${ID}* already exist"
+
+# Work directory: tmpfs when it (and the memory behind it) has room for N installs + repos and the baselines.
+NEED=$(( (NODES + 2) * SIZE_BYTES * 17 / 10 + (1 << 30) ))
+if [ -z "$DIR" ]; then
+  shm_avail=$(df -B1 --output=avail /dev/shm 2>/dev/null | tail -1 || echo 0)
+  mem_avail=$(( $(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo) * 1024 ))
+  if ((shm_avail > NEED && mem_avail > NEED + (2 << 30))); then DIR=/dev/shm; else DIR=/var/tmp; fi
+fi
+W="$DIR/fanout-$ID"
+mkdir -p "$DIR" && mkdir "$W" || die "cannot make $W"
+[ "$(df -B1 --output=avail "$W" | tail -1)" -gt "$NEED" ] || say "warning: $W may be too small (need ~$((NEED >> 20)) MiB)"
+
+# --- cleanup: only what this run made ----------------------------------------------------------------------
+PIDS=()      # process-group leaders (every background process is started with setsid)
+MADE_NS=()
+stop_pids() {  # stop_pids PID...: TERM their process groups, wait up to 5 s, then KILL
+  local p k alive
+  (($#)) || return 0
+  for p in "$@"; do kill -TERM -- "-$p" 2>/dev/null || true; done
+  for ((k = 0; k < 50; k++)); do
+    alive=0
+    for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for p in "$@"; do kill -KILL -- "-$p" 2>/dev/null || true; done
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
+NEIGH_SAVED=""
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM HUP
+  set +e
+  stop_pids "${PIDS[@]}"
+  for n in "${MADE_NS[@]}"; do ip netns del "$n" 2>/dev/null; done
+  if [ -n "$NEIGH_SAVED" ]; then
+    read -r g1 g2 g3 <<<"$NEIGH_SAVED"
+    sysctl -qw net.ipv4.neigh.default.gc_thresh3="$g3" net.ipv4.neigh.default.gc_thresh2="$g2" \
+      net.ipv4.neigh.default.gc_thresh1="$g1"
+  fi
+  if ((KEEP)); then say "kept $W"; else rm -rf "$W"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'say interrupted; exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+bg() {  # bg LOG CMD...: start CMD in its own process group, remember it; the PID is in $BG
+  setsid "${@:2}" >"$1" 2>&1 </dev/null &
+  BG=$!
+  PIDS+=("$BG")
+}
+forget() {  # forget PID...: stop them and drop them from PIDS
+  local p q keep=()
+  stop_pids "$@"
+  for q in "${PIDS[@]}"; do
+    for p in "$@"; do [ "$p" = "$q" ] && continue 2; done
+    keep+=("$q")
+  done
+  PIDS=("${keep[@]}")
+}
+
+# --- CPU sampler: /proc/stat every 0.5 s, bounded to 4 hours ------------------------------------------------
+bg "$W/cpu.log" bash -c 'for ((i = 0; i < 28800; i++)); do read -r l </proc/stat; echo "$EPOCHREALTIME $l"; sleep 0.5; done'
+CPU_PID=$BG
+cpu_of() { $PYH cpu "$W/cpu.log" "$1" "$2"; }   # JSON {cpu, cpu_peak, cpu_seconds}
+sample_wait() { sleep 0.6; }                   # let the sampler pass the end of a phase
+
+# --- the network ----------------------------------------------------------------------------------------------
+# The ARP table is one for all namespaces: (N+1) hosts with N neighbours each must fit, or some hosts cannot
+# reach others ("neighbor table overflow").
+NEIGH_NEED=$(( (NODES + 1) * (NODES + 1) * 2 + 256 ))
+NEIGH_NOW=$(sysctl -n net.ipv4.neigh.default.gc_thresh3)
+if ((NEIGH_NOW < NEIGH_NEED)); then
+  NEIGH_SAVED="$(sysctl -n net.ipv4.neigh.default.gc_thresh1) $(sysctl -n net.ipv4.neigh.default.gc_thresh2) $NEIGH_NOW"
+  sysctl -qw net.ipv4.neigh.default.gc_thresh3="$NEIGH_NEED" net.ipv4.neigh.default.gc_thresh2="$NEIGH_NEED" \
+    net.ipv4.neigh.default.gc_thresh1="$(( NEIGH_NEED / 2 ))" || die "cannot raise the ARP table size (sysctl)"
+fi
+say "$((NODES + 1)) hosts (build + $NODES nodes), links $RATE_LABEL each way, MTU $MTU, namespaces ${ID}*, work dir $W"
+ip netns add "$BRNS"; MADE_NS+=("$BRNS")
+ip netns exec "$BRNS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+ip -n "$BRNS" link set lo up
+# bridged frames skip iptables (br_netfilter costs CPU per packet; nothing here filters)
+ip netns exec "$BRNS" sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0 \
+  net.bridge.bridge-nf-call-arptables=0 2>/dev/null || true
+ip -n "$BRNS" link add br0 type bridge
+ip -n "$BRNS" link set br0 up
+for ((i = 0; i <= NODES; i++)); do
+  n=$(ns $i)
+  ip netns add "$n"; MADE_NS+=("$n")
+  ip netns exec "$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+  ip -n "$n" link set lo up
+  ip -n "$BRNS" link add "v$i" mtu "$MTU" type veth peer name eth0 netns "$n" mtu "$MTU"
+  ip -n "$BRNS" link set "v$i" master br0 up
+  ip -n "$n" addr add "$(addr $i)/16" dev eth0
+  ip -n "$n" link set eth0 up
+  # upload: the host's egress; download: the bridge port's egress towards the host
+  tc -n "$n" qdisc add dev eth0 root tbf rate "$TCRATE" burst "$BURST" latency 100ms
+  tc -n "$BRNS" qdisc add dev "v$i" root tbf rate "$TCRATE" burst "$BURST" latency 100ms
+done
+H0=$(ns 0)
+links_snap() { ip -n "$BRNS" -s -j link show >"$1"; }
+tc_drops() {  # packets dropped so far by the shapers: "down D up U" (summed over the hosts)
+  local i d=0 u=0 x
+  for ((i = 0; i <= NODES; i++)); do
+    x=$(tc -n "$BRNS" -s qdisc show dev "v$i" | awk '/dropped/ { gsub(",", ""); print $7; exit }'); d=$((d + ${x:-0}))
+    x=$(tc -n "$(ns $i)" -s qdisc show dev eth0 | awk '/dropped/ { gsub(",", ""); print $7; exit }'); u=$((u + ${x:-0}))
+  done
+  echo "down $d up $u"
+}
+in_ns() { local n=$1; shift; ip netns exec "$(ns "$n")" "$@"; }
+# every host reaches the build host (bounded: 50 tries of 0.2 s each)
+for ((i = 1; i <= NODES; i++)); do
+  for ((k = 0; k < 50; k++)); do
+    in_ns $i timeout 1 bash -c "exec 3<>/dev/tcp/$(addr 0)/9" >/dev/null 2>&1 || true  # makes it ARP
+    ip -n "$(ns $i)" neigh show "$(addr 0)" | grep -q lladdr && break
+    sleep 0.2
+  done
+  ((k < 50)) || die "host $i cannot reach the build host"
+done
+
+# --- the release ----------------------------------------------------------------------------------------------
+REL=fanout-1
+mkdir -p "$W/keys" "$W/www" "$W/hosts"
+say "generating a $SIZE EUPS tree, publishing it signed (--no-prefix), exporting it as .tar.zst"
+"$MT" "$W/tree" --release 1 --size "$SIZE" >/dev/null
+"$Q" keys ca --out "$W/keys" >/dev/null 2>&1
+PUBLINE=$("$Q" keys publisher --out "$W/keys/publisher.key" 2>/dev/null | grep '^qpack-publisher ')
+"$Q" publish "$W/tree" --repo "$W/repo" --release "$REL" --key "$W/keys/publisher.key" --no-prefix --json >"$W/publish.json"
+"$Q" export "$REL" --repo "$W/repo" -o "$W/www/$REL.tar.zst" >/dev/null 2>&1
+rm -rf "$W/tree"
+STORED=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_stored"])' "$W/publish.json")
+RAW=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes"])' "$W/publish.json")
+TARZST=$(stat -c %s "$W/www/$REL.tar.zst")
+SUM=$(hashfile "$W/www/$REL.tar.zst")
+BOUND=$(awk -v b="$STORED" -v r="$BPS" 'BEGIN { printf "%.3f", b * 8 / r }')
+say "release: $((RAW >> 20)) MiB in files, $((STORED >> 20)) MiB compressed chunks (what a qpack node receives), .tar.zst $((TARZST >> 20)) MiB"
+say "bound: $((STORED >> 20)) MiB / $RATE_LABEL = ${BOUND} s"
+RESULTS="$W/results.jsonl"
+: >"$RESULTS"
+secs_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+ratio() { awk -v s="$1" -v b="$BOUND" 'BEGIN { printf "%.3f", s / b }'; }
+own_ratio() { awk -v s="$1" -v b="$2" -v r="$BPS" 'BEGIN { printf "%.3f", s / (b * 8 / r) }'; }   # vs its own bytes
+timeout_for() { awk -v x="$1" -v b="$BOUND" 'BEGIN { printf "%d", 120 + x * b }'; }   # 120 s + x bounds
+max_of() { $PY -c 'import json,sys; print(max(json.load(open(sys.argv[1]))[sys.argv[2]]))' "$1" "$2"; }
+node_range() { $PY -c 'import json,sys; d=json.load(open(sys.argv[1]))[sys.argv[2]][1:]; print(min(d), max(d))' "$1" "$2"; }
+skip_row() { $PYH row method="$1" nodes="$NODES" rate="$RATE_LABEL" seconds=null ratio_to_bound=null max_upload_bytes=null cpu=null note="skipped: $2" >>"$RESULTS"; }
+
+# --- 1. qpack -----------------------------------------------------------------------------------------------------
+run_qpack() {
+  local i n nm pids=() seed_pid t0 t1 rc secs
+  say "qpack: keys, cluster file, $((NODES + 1)) agents"
+  "$Q" keys issue operator --role operator --ca "$W/keys" --out "$W/keys" >/dev/null 2>&1
+  {
+    echo 'ca = "keys/ca.pem"'
+    echo "publisher_keys = [\"$PUBLINE\"]"
+    echo
+    echo '[operator]'
+    echo 'cert = "keys/operator.pem"'
+    echo 'key = "keys/operator.key"'
+    for ((i = 0; i <= NODES; i++)); do
+      echo
+      echo '[[node]]'
+      echo "name = \"$(name $i)\""
+      echo "address = \"$(addr $i):7401\""
+      if ((i == 0)); then echo 'seed = true'; else echo 'groups = ["nodes"]'; fi
+    done
+  } >"$W/cluster.toml"
+  for ((i = 0; i <= NODES; i++)); do
+    nm=$(name $i)
+    "$Q" keys issue "$nm" --role node --ca "$W/keys" --out "$W/keys" >/dev/null 2>&1
+    mkdir -p "$W/hosts/$nm"
+    {
+      echo "name = \"$nm\""
+      echo "listen = \"$(addr $i):7401\""
+      echo 'cluster = "../../cluster.toml"'
+      echo "cert = \"../../keys/$nm.pem\""
+      echo "key = \"../../keys/$nm.key\""
+      if ((i == 0)); then echo 'repo = "../../repo"'; else echo 'node = "node"'; echo 'prefix = "stack"'; fi
+    } >"$W/hosts/$nm/agent.toml"
+  done
+  for ((i = 0; i <= NODES; i++)); do
+    nm=$(name $i)
+    RUST_LOG=${QPACK_AGENT_LOG:-info} bg "$W/hosts/$nm/agent.log" ip netns exec "$(ns $i)" "$Q" agent --config "$W/hosts/$nm/agent.toml"
+    pids+=("$BG")
+    ((i == 0)) && seed_pid=$BG
+  done
+  # every agent answers status (bounded: 120 tries, each at most 10 s)
+  for ((k = 0; k < 120; k++)); do
+    if in_ns 0 timeout 10 "$Q" status --cluster "$W/cluster.toml" --json >"$W/status0.json" 2>/dev/null \
+      && $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if len(d)==int(sys.argv[2]) and all(r.get("reachable") for r in d) else 1)' "$W/status0.json" $((NODES + 1)); then
+      break
+    fi
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || die "an agent exited at start: see $W/hosts/*/agent.log"; done
+    sleep 0.5
+  done
+  ((k < 120)) || die "agents not all answering status after 120 tries"
+  say "qpack: all $((NODES + 1)) agents answer; qpack deploy $REL (timeout $(timeout_for 20) s)"
+  links_snap "$W/q-links0.json"
+  local perf_pid=""
+  if [ -n "${FANOUT_PERF:-}" ]; then   # a whole-machine profile of the deploy (perf from linux-perf)
+    bg "$W/perf.log" perf record -a -g -F 499 -o "$FANOUT_PERF" -- sleep 3600
+    perf_pid=$BG
+    sleep 1
+  fi
+  local tl_pid=""
+  if [ -n "${FANOUT_TIMELINE:-}" ]; then   # link counters every 0.5 s during the deploy (fanout.py timeline)
+    bg "$W/timeline.log" bash -c "for ((i = 0; i < 7200; i++)); do echo \"T \$EPOCHREALTIME\"; ip -n $BRNS -s -j link show; sleep 0.5; done"
+    tl_pid=$BG
+  fi
+  t0=$EPOCHREALTIME
+  rc=0
+  in_ns 0 timeout "$(timeout_for 20)" "$Q" deploy "$REL" --cluster "$W/cluster.toml" --json >"$W/deploy.json" 2>"$W/deploy.log" || rc=$?
+  t1=$EPOCHREALTIME
+  if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null; sleep 2; forget "$perf_pid"; fi
+  if [ -n "$tl_pid" ]; then forget "$tl_pid"; $PYH timeline "$W/timeline.log" "$NODES" "$BPS" "$t0" >"$FANOUT_TIMELINE"; fi
+  links_snap "$W/q-links1.json"
+  tc_drops >"$W/q-drops.txt"
+  sample_wait
+  in_ns 0 timeout 30 "$Q" status --cluster "$W/cluster.toml" --json >"$W/status1.json" 2>/dev/null || true
+  $PYH rss "${pids[@]:1}" >"$W/q-rss.json"
+  $PYH rss "$seed_pid" >"$W/q-rss-seed.json"
+  forget "${pids[@]}"
+  rm -rf "$W"/hosts/*/node "$W"/hosts/*/stack
+  ((rc == 0)) || { cat "$W/deploy.log" >&2; say "qpack deploy failed (exit $rc): logs in $W (--keep keeps them)"; skip_row qpack "deploy failed (exit $rc)"; return 0; }
+  secs=$(secs_between "$t0" "$t1")
+  $PYH links "$W/q-links0.json" "$W/q-links1.json" "$NODES" >"$W/q-links.json"
+  $PYH qpack "$W/deploy.json" "$W/status1.json" >"$W/q-sum.json"
+  cpu_of "$t0" "$t1" >"$W/q-cpu.json"
+  read -r rmin rmax < <(node_range "$W/q-links.json" down)
+  $PYH row method=qpack nodes="$NODES" rate="$RATE_LABEL" seconds="$secs" ratio_to_bound="$(ratio "$secs")" \
+    ratio_to_own_bytes="$(own_ratio "$secs" "$STORED")" max_upload_bytes="$(max_of "$W/q-links.json" up)" @"$W/q-cpu.json" \
+    recv_min_bytes="$rmin" recv_max_bytes="$rmax" \
+    max_served_bytes="$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["served_max"])' "$W/q-sum.json")" \
+    seed_served_bytes="$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["seed_served"])' "$W/q-sum.json")" \
+    fetched_max_bytes="$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["fetched_max"])' "$W/q-sum.json")" \
+    agent_peak_rss_bytes="$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["max"])' "$W/q-rss.json")" \
+    seed_peak_rss_bytes="$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["max"])' "$W/q-rss-seed.json")" \
+    agents_cpu_seconds="$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["cpu_seconds"])' "$W/q-rss.json")" \
+    seed_cpu_seconds="$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["cpu_seconds"])' "$W/q-rss-seed.json")" \
+    >>"$RESULTS"
+  say "qpack: $secs s, $(tail -1 "$RESULTS")"
+}
+
+# --- 2. central HTTP server ----------------------------------------------------------------------------------
+wait_done() {  # wait_done TIMEOUT DIR: until DIR/h1.done..hN.done all exist (bounded); prints the latest time
+  local deadline k i missing
+  deadline=$(( ${EPOCHREALTIME%.*} + $1 ))
+  for ((k = 0; k < $1 * 5 + 10; k++)); do
+    missing=0
+    for ((i = 1; i <= NODES; i++)); do [ -e "$2/h$i.done" ] || { missing=1; break; }; done
+    ((missing)) || break
+    ((${EPOCHREALTIME%.*} < deadline)) || break
+    sleep 0.2
+  done
+  ((missing == 0))
+}
+done_summary() {  # done_summary DIR T0: "SECONDS BAD" from DIR/h*.done
+  cat "$1"/h*.done | awk -v t0="$2" '{ if ($1 != "ok") bad++; if ($2 > m) m = $2 } END { printf "%.3f %d\n", m - t0, bad }'
+}
+run_http() {
+  local i k t0 secs bad srv pids=() to port=8080
+  to=$(awk -v n="$NODES" -v b="$STORED" -v r="$BPS" 'BEGIN { printf "%d", 120 + 2 * n * b * 8 / r }')
+  mkdir -p "$W/http"
+  bg "$W/http/server.log" ip netns exec "$H0" "$PY" -m http.server "$port" --bind "$(addr 0)" --directory "$W/www"
+  srv=$BG
+  for ((k = 0; k < 50; k++)); do
+    in_ns 1 curl -sfI -o /dev/null "http://$(addr 0):$port/$REL.tar.zst" && break
+    sleep 0.2
+  done
+  ((k < 50)) || { forget "$srv"; skip_row http "python3 -m http.server did not start"; return 0; }
+  say "http: $NODES nodes download $((TARZST >> 20)) MiB at once from the build host (timeout $to s)"
+  links_snap "$W/h-links0.json"
+  t0=$EPOCHREALTIME
+  for ((i = 1; i <= NODES; i++)); do
+    mkdir -p "$W/http/h$i"
+    FANOUT_TIMEOUT=$to bg "$W/http/h$i.log" ip netns exec "$(ns $i)" "$HERE/client.sh" http \
+      "http://$(addr 0):$port/$REL.tar.zst" "$W/http/h$i/$REL.tar.zst" "$SUM" "$W/http/h$i.done"
+    pids+=("$BG")
+  done
+  wait_done "$to" "$W/http" || say "http: not every node finished in $to s"
+  links_snap "$W/h-links1.json"
+  sample_wait
+  forget "${pids[@]}" "$srv"
+  rm -rf "$W"/http/h*/
+  ls "$W"/http/h*.done >/dev/null 2>&1 || { skip_row http "no node finished"; return 0; }
+  read -r secs bad < <(done_summary "$W/http" "$t0")
+  $PYH links "$W/h-links0.json" "$W/h-links1.json" "$NODES" >"$W/h-links.json"
+  cpu_of "$t0" "$(awk -v a="$t0" -v s="$secs" 'BEGIN { printf "%.3f", a + s }')" >"$W/h-cpu.json"
+  read -r rmin rmax < <(node_range "$W/h-links.json" down)
+  local done_n; done_n=$(ls "$W"/http/h*.done | wc -l)
+  local note=(); ((bad == 0 && done_n == NODES)) || note=(note="$((NODES - done_n)) unfinished, $bad bad")
+  $PYH row method=http nodes="$NODES" rate="$RATE_LABEL" seconds="$secs" ratio_to_bound="$(ratio "$secs")" \
+    ratio_to_own_bytes="$(own_ratio "$secs" "$TARZST")" max_upload_bytes="$(max_of "$W/h-links.json" up)" @"$W/h-cpu.json" recv_min_bytes="$rmin" recv_max_bytes="$rmax" \
+    "${note[@]}" >>"$RESULTS"
+  say "http: $secs s, $(tail -1 "$RESULTS")"
+}
+
+# --- 3. BitTorrent: aria2c + mktorrent + opentracker ---------------------------------------------------------
+run_aria2() {
+  local i k t0 secs bad trk seed pids=() to common
+  [ -z "$SKIP_ARIA2" ] || { skip_row aria2 "$SKIP_ARIA2"; return 0; }
+  to=$(timeout_for 30)
+  mkdir -p "$W/bt/tracker"
+  mktorrent -l 18 -a "http://$(addr 0):6969/announce" -o "$W/bt/$REL.torrent" "$W/www/$REL.tar.zst" >/dev/null
+  # Debian's opentracker is built with a whitelist of info hashes, read after it chroots to -d
+  aria2c -S "$W/bt/$REL.torrent" | awk '/^Info Hash:/ { print $3 }' >"$W/bt/tracker/whitelist"
+  [ -s "$W/bt/tracker/whitelist" ] || { skip_row aria2 "cannot read the info hash of the torrent"; return 0; }
+  bg "$W/bt/tracker.log" ip netns exec "$H0" opentracker -i "$(addr 0)" -p 6969 -P 6969 -d "$W/bt/tracker" -w whitelist
+  trk=$BG
+  for ((k = 0; k < 50; k++)); do
+    in_ns 1 curl -s -o /dev/null "http://$(addr 0):6969/stats" && break
+    sleep 0.2
+  done
+  ((k < 50)) || { forget "$trk"; skip_row aria2 "opentracker did not start (see $W/bt/tracker.log)"; return 0; }
+  common=(--enable-dht=false --enable-dht6=false --bt-enable-lpd=false --disable-ipv6=true
+    --file-allocation=none --summary-interval=0 --console-log-level=warn --seed-ratio=0.0
+    --listen-port=6881 --auto-file-renaming=false --bt-max-peers=0)
+  mkdir -p "$W/bt/seed" && cp "$W/www/$REL.tar.zst" "$W/bt/seed/"   # the seed's own copy: aria2c writes where it seeds
+  bg "$W/bt/seed.log" ip netns exec "$H0" aria2c "${common[@]}" --dir="$W/bt/seed" --check-integrity=true "$W/bt/$REL.torrent"
+  seed=$BG
+  for ((k = 0; k < 50; k++)); do
+    in_ns 0 ss -ltnH "sport = :6881" | grep -q . && break
+    sleep 0.2
+  done
+  ((k < 50)) || { forget "$trk" "$seed"; skip_row aria2 "the seeding aria2c did not start (see $W/bt/seed.log)"; return 0; }
+  sleep 1   # its first announce
+  say "aria2: $NODES aria2c + the seed + opentracker (timeout $to s)"
+  links_snap "$W/a-links0.json"
+  t0=$EPOCHREALTIME
+  for ((i = 1; i <= NODES; i++)); do
+    mkdir -p "$W/bt/h$i"
+    FANOUT_SUM=$SUM FANOUT_DONE="$W/bt/h$i.done" bg "$W/bt/h$i.log" ip netns exec "$(ns $i)" aria2c "${common[@]}" \
+      --dir="$W/bt/h$i" --on-bt-download-complete="$HERE/bt-done.sh" "$W/bt/$REL.torrent"
+    pids+=("$BG")
+  done
+  wait_done "$to" "$W/bt" || say "aria2: not every node finished in $to s"
+  links_snap "$W/a-links1.json"
+  sample_wait
+  forget "${pids[@]}" "$seed" "$trk"
+  rm -rf "$W"/bt/h*/ "$W/bt/seed"
+  ls "$W"/bt/h*.done >/dev/null 2>&1 || { skip_row aria2 "no node finished (see $W/bt/h1.log)"; return 0; }
+  read -r secs bad < <(done_summary "$W/bt" "$t0")
+  $PYH links "$W/a-links0.json" "$W/a-links1.json" "$NODES" >"$W/a-links.json"
+  cpu_of "$t0" "$(awk -v a="$t0" -v s="$secs" 'BEGIN { printf "%.3f", a + s }')" >"$W/a-cpu.json"
+  read -r rmin rmax < <(node_range "$W/a-links.json" down)
+  local done_n; done_n=$(ls "$W"/bt/h*.done | wc -l)
+  local note=(); ((bad == 0 && done_n == NODES)) || note=(note="$((NODES - done_n)) unfinished, $bad bad")
+  $PYH row method=aria2 nodes="$NODES" rate="$RATE_LABEL" seconds="$secs" ratio_to_bound="$(ratio "$secs")" \
+    ratio_to_own_bytes="$(own_ratio "$secs" "$TARZST")" max_upload_bytes="$(max_of "$W/a-links.json" up)" @"$W/a-cpu.json" recv_min_bytes="$rmin" recv_max_bytes="$rmax" \
+    "${note[@]}" >>"$RESULTS"
+  say "aria2: $secs s, $(tail -1 "$RESULTS")"
+}
+
+if has_method qpack; then run_qpack; fi
+if has_method http; then run_http; fi
+if has_method aria2; then run_aria2; fi
+$PYH row method=bound nodes="$NODES" rate="$RATE_LABEL" seconds="$BOUND" ratio_to_bound=1 \
+  max_upload_bytes=null cpu=null note="$((STORED >> 20)) MiB compressed / rate" >>"$RESULTS"
+cp "$RESULTS" "$W/results.jsonl.done"
+
+if ((JSON)); then
+  $PYH table "$RESULTS" --json
+else
+  echo "release $REL: $((RAW >> 20)) MiB of files, $((STORED >> 20)) MiB compressed chunks, .tar.zst $((TARZST >> 20)) MiB; $NODES nodes, $RATE_LABEL per host each way, MTU $MTU; $(nproc) cores"
+  $PYH table "$RESULTS"
+  echo "x own bytes: seconds / (the bytes that method moves to a node / rate): qpack its compressed chunks, http and aria2 the .tar.zst"
+  echo "seconds: until the last node has it (qpack: staged = fetched, verified, installed; http/aria2: downloaded, BLAKE3 checked)"
+  echo "max upload: wire bytes sent by the busiest host on its link; CPU: whole machine, 100% = all cores busy"
+fi
