@@ -109,6 +109,10 @@ RATE_LABEL="$(awk -v b="$BPS" 'BEGIN { if (b >= 1e9 && b % 1e9 == 0) printf "%dg
 BURST=$(( BPS / 8 / 100 ))            # 10 ms at RATE
 ((BURST < 16384)) && BURST=16384
 ((BURST < 4 * MTU)) && BURST=$((4 * MTU))
+# Each shaper queues 100 ms at RATE, and never fewer than 16 full frames (a switch port's buffer): at low rates
+# a 100 ms queue holds two jumbo frames, and every burst is dropped.
+QLIMIT=$(( BPS / 8 / 10 ))
+((QLIMIT < 16 * MTU)) && QLIMIT=$((16 * MTU))
 ID="qf$$"                              # namespace names: ${ID}br (the bridge), ${ID}h0 (build), ${ID}h1..hN
 BRNS="${ID}br"
 ns() { echo "${ID}h$1"; }
@@ -213,8 +217,8 @@ for ((i = 0; i <= NODES; i++)); do
   ip -n "$n" addr add "$(addr $i)/16" dev eth0
   ip -n "$n" link set eth0 up
   # upload: the host's egress; download: the bridge port's egress towards the host
-  tc -n "$n" qdisc add dev eth0 root tbf rate "$TCRATE" burst "$BURST" latency 100ms
-  tc -n "$BRNS" qdisc add dev "v$i" root tbf rate "$TCRATE" burst "$BURST" latency 100ms
+  tc -n "$n" qdisc add dev eth0 root tbf rate "$TCRATE" burst "$BURST" limit "$QLIMIT"
+  tc -n "$BRNS" qdisc add dev "v$i" root tbf rate "$TCRATE" burst "$BURST" limit "$QLIMIT"
 done
 H0=$(ns 0)
 links_snap() { ip -n "$BRNS" -s -j link show >"$1"; }
@@ -299,7 +303,10 @@ run_qpack() {
   done
   for ((i = 0; i <= NODES; i++)); do
     nm=$(name $i)
-    RUST_LOG=${QPACK_AGENT_LOG:-info} bg "$W/hosts/$nm/agent.log" ip netns exec "$(ns $i)" "$Q" agent --config "$W/hosts/$nm/agent.toml"
+    # One thread per pool and agent: N+1 agents share this machine's cores, and idle threads waking each other
+    # cost more than they give (on a real node tokio and rayon take one thread per core).
+    RUST_LOG=${QPACK_AGENT_LOG:-info} TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1} RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1} \
+      bg "$W/hosts/$nm/agent.log" ip netns exec "$(ns $i)" "$Q" agent --config "$W/hosts/$nm/agent.toml"
     pids+=("$BG")
     ((i == 0)) && seed_pid=$BG
   done

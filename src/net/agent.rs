@@ -29,14 +29,14 @@ const DESIRED_DONE_FILE: &str = "desired-reached.toml";
 const STAGING_FILE: &str = "staging";
 /// Chunk batches served at once by one agent; more requests wait in line (first come, first served) for up to
 /// [`UPLOAD_QUEUE`], then are answered "busy" and go elsewhere.
-const UPLOAD_SLOTS: usize = 16;
+const UPLOAD_SLOTS: usize = 8;
 /// How long a `GetChunks` may wait for an upload slot.
 pub(crate) const UPLOAD_QUEUE: Duration = Duration::from_secs(2);
 /// Most chunk bytes sent in answer to one `GetChunks` (the rest of the batch is left unanswered).
 const RESPONSE_BUDGET: usize = 4 << 20;
 /// Connections one certificate name may hold to an agent at once (an agent keeps one per peer; an operator's
-/// commands one each).
-const CONNS_PER_PEER: u32 = 8;
+/// commands one each); a newer one closes the oldest.
+const CONNS_PER_PEER: usize = 8;
 /// How long a peer that did not answer a dial is not dialled again.
 const REDIAL: Duration = Duration::from_secs(3);
 /// Upload slots one peer may hold at once.
@@ -45,10 +45,11 @@ const UPLOAD_SLOTS_PER_PEER: u32 = 4;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a `GetManifest` for a manifest this node is fetching may wait for it.
 pub(crate) const MANIFEST_HOLD: Duration = Duration::from_secs(5);
-/// How long new chunks are gathered before they are announced to a subscriber: this, plus a little more for
-/// each subscriber (up to 50).
-const HAVE_GATHER: Duration = Duration::from_millis(40);
-const HAVE_GATHER_EACH: Duration = Duration::from_millis(5);
+/// New chunks are announced to a subscriber once this many have gathered…
+const HAVE_ENOUGH: usize = 256;
+/// …or after this long, plus a little more for each subscriber (up to 50): 1.1 s for a cohort of 50.
+const HAVE_GATHER: Duration = Duration::from_millis(100);
+const HAVE_GATHER_EACH: Duration = Duration::from_millis(20);
 /// How long a peer that sent a bad chunk is avoided.
 const BAN: Duration = Duration::from_secs(600);
 
@@ -99,7 +100,8 @@ pub struct Agent {
     upload: Arc<Semaphore>,
     upload_by_peer: Mutex<HashMap<String, u32>>,
     unreachable: Mutex<HashMap<String, Instant>>,
-    conns_by_peer: Mutex<HashMap<String, u32>>,
+    /// Connections per certificate name, oldest first.
+    conns_by_peer: Mutex<ConnsByPeer>,
     refused: AtomicU64,
     served: AtomicU64,
     faults: Faults,
@@ -169,7 +171,7 @@ impl Agent {
                 None => me.socket_addr(),
             }
             .map_err(anyhow::Error::msg)?;
-            let ep = quinn::Endpoint::server(ident.server_config()?, addr)
+            let ep = super::tls::endpoint(Some(ident.server_config()?), addr)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (UDP): {e}"))?;
             let d = Dialer::with_endpoint(ep.clone(), &ident).map_err(anyhow::Error::msg)?;
             (Some(ep), d)
@@ -199,7 +201,7 @@ impl Agent {
             upload: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
             upload_by_peer: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashMap::new()),
-            conns_by_peer: Mutex::new(HashMap::new()),
+            conns_by_peer: Mutex::new((0, HashMap::new())),
             refused: AtomicU64::new(0),
             served: AtomicU64::new(0),
             faults: cfg.faults.clone().unwrap_or_default(),
@@ -340,12 +342,7 @@ impl Agent {
             return;
         }
         // A few connections per certificate: each may buffer up to its receive window.
-        let Some(_conn_slot) = ConnSlot::take(&self, &peer.name) else {
-            self.refused.fetch_add(1, Relaxed);
-            tracing::warn!("refused {} from {remote}: it already has {CONNS_PER_PEER} connections", peer.name);
-            conn.close(4u32.into(), b"too many connections");
-            return;
-        };
+        let _conn_slot = ConnSlot::take(&self, &peer.name, &conn);
         tracing::debug!("{} ({:?}) connected from {remote}", peer.name, peer.role);
         // Three malformed requests close the connection.
         let malformed = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -566,20 +563,35 @@ impl Agent {
                     continue;
                 }
             };
-            // Gathered for a moment: one message instead of one per batch of chunks verified. Every peer
-            // subscribes to every other, so this is most of the swarm's control traffic, and it grows as the
-            // square of the cohort: the more subscribers, the longer the gathering.
+            // Gathered: one message for many chunks. Every peer subscribes to every other, so announcements are
+            // most of the swarm's packets and grow as the square of the cohort: they go out once enough have
+            // gathered, or after a wait that grows with the number of subscribers.
             let subscribers = job.as_ref().and_then(|j| {
                 j.announce.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|a| a.receiver_count())
             });
-            let gather = HAVE_GATHER + HAVE_GATHER_EACH * subscribers.unwrap_or(0).min(50) as u32;
-            tokio::time::sleep(gather).await;
+            let wait = HAVE_GATHER + HAVE_GATHER_EACH * subscribers.unwrap_or(0).min(50) as u32;
+            let until = tokio::time::Instant::now() + wait;
             let mut indices = vec![first];
-            while indices.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(i) => indices.push(i),
-                    _ => break,
+            let mut lagged = false;
+            while indices.len() < HAVE_ENOUGH {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Ok(i)) => indices.push(i),
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                        lagged = true;
+                        break;
+                    }
+                    // Closed (what was gathered goes out; the next receive ends it), or waited long enough.
+                    Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => break,
                 }
+            }
+            if lagged {
+                // Some were missed: the whole bitmap again says it all.
+                let j = job.as_ref().expect("rx implies job");
+                let bm = j.have.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                tx.write_all(&wire::encode(&Response::Have { bitmap: bm.bytes().to_vec(), more: true }))
+                    .await
+                    .map_err(io)?;
+                continue;
             }
             tx.write_all(&wire::encode(&Response::HaveMore { indices })).await.map_err(io)?;
         }
@@ -914,28 +926,39 @@ impl Agent {
     }
 }
 
+/// The last sequence number given, and each certificate name's connections (with their numbers), oldest first.
+type ConnsByPeer = (u64, HashMap<String, Vec<(u64, quinn::Connection)>>);
+
 /// One of a peer's connections, counted while it lives.
-struct ConnSlot(Arc<Agent>, String);
+struct ConnSlot(Arc<Agent>, String, u64);
 
 impl ConnSlot {
-    fn take(agent: &Arc<Agent>, peer: &str) -> Option<Self> {
-        let mut m = agent.conns_by_peer.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(peer.to_string()).or_insert(0);
-        if *n >= CONNS_PER_PEER {
-            return None;
+    /// Counts `conn` as one of `peer`'s; past [`CONNS_PER_PEER`], its oldest connection is closed. A client
+    /// whose close was lost (a full socket buffer drops it) would otherwise hold a slot until the idle timeout,
+    /// and an operator polling `status` could be locked out.
+    fn take(agent: &Arc<Agent>, peer: &str, conn: &quinn::Connection) -> Self {
+        let mut g = agent.conns_by_peer.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 += 1;
+        let seq = g.0;
+        let list = g.1.entry(peer.to_string()).or_default();
+        list.push((seq, conn.clone()));
+        if list.len() > CONNS_PER_PEER {
+            let (_, oldest) = list.remove(0);
+            agent.refused.fetch_add(1, Relaxed);
+            tracing::debug!("closing the oldest of {peer}'s {} connections", CONNS_PER_PEER + 1);
+            oldest.close(4u32.into(), b"replaced by a newer connection");
         }
-        *n += 1;
-        Some(Self(agent.clone(), peer.to_string()))
+        Self(agent.clone(), peer.to_string(), seq)
     }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        let mut m = self.0.conns_by_peer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&self.1) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.1);
+        let mut g = self.0.conns_by_peer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = g.1.get_mut(&self.1) {
+            list.retain(|(s, _)| *s != self.2);
+            if list.is_empty() {
+                g.1.remove(&self.1);
             }
         }
     }

@@ -21,7 +21,7 @@ impl Dialer {
     /// A client-only endpoint on an ephemeral UDP port.
     pub fn client(ident: &Identity) -> Result<Self, String> {
         let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal");
-        let endpoint = quinn::Endpoint::client(bind).map_err(|e| format!("UDP socket: {e}"))?;
+        let endpoint = super::tls::endpoint(None, bind).map_err(|e| format!("UDP socket: {e}"))?;
         Ok(Self { endpoint, cfg: ident.client_config().map_err(|e| e.to_string())? })
     }
 

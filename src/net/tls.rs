@@ -247,6 +247,25 @@ impl Identity {
     }
 }
 
+/// A QUIC endpoint on `addr` (a server if `server` is given) that takes UDP payloads up to jumbo-frame size:
+/// its peers advertise this limit, and path MTU discovery searches up to it.
+pub fn endpoint(server: Option<quinn::ServerConfig>, addr: std::net::SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let mut cfg = quinn::EndpointConfig::default();
+    cfg.max_udp_payload_size(MAX_UDP_PAYLOAD).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let socket = std::net::UdpSocket::bind(addr)?;
+    // Room for bursts from many peers at once (the kernel caps it at net.core.rmem_max): a datagram that does
+    // not fit is dropped, a connection's close with it.
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, SOCKET_BUFFER);
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER);
+    quinn::Endpoint::new(cfg, server, socket, Arc::new(quinn::TokioRuntime))
+}
+
+/// Socket buffers asked for, each way.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// The largest UDP payload qpack sends (jumbo frames of 9000 bytes, less IPv6 and UDP headers).
+const MAX_UDP_PAYLOAD: u16 = 8952;
+
 /// QUIC transport settings: windows large enough to fill a 10 Gb/s LAN link, jumbo frames where the path takes
 /// them, idle connections kept alive.
 fn transport() -> quinn::TransportConfig {
@@ -260,9 +279,15 @@ fn transport() -> quinn::TransportConfig {
     // 1500, and per-packet costs dominate QUIC's CPU use; on a 1500-byte path the probes fail and it stays
     // at 1452.
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(8952);
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
-    t.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+    // Acknowledgements every 8 packets (or 25 ms) rather than every 2: they were most of the packets a node
+    // sends, each with its cost in CPU on both ends (QUIC ACK frequency extension; both ends are qpack).
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(7u32.into());
+    ack.max_ack_delay(Some(std::time::Duration::from_millis(25)));
+    t.ack_frequency_config(Some(ack));
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
     t.max_idle_timeout(Some(std::time::Duration::from_secs(30).try_into().expect("30 s fits")));
     t
 }
