@@ -34,13 +34,14 @@ set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
-NODES="" RATE="" SIZE=100M MTU=9000 JSON=0 METHODS="qpack,http,aria2" DIR="" KEEP=0 INSTALL=1
+NODES="" RATE="" SIZE=100M MTU=1500 JSON=0 SCENARIOS="" METHODS="qpack,http,aria2" DIR="" KEEP=0 INSTALL=1
 while (($#)); do
   case "$1" in
     --nodes) NODES=${2:?--nodes N}; shift 2 ;;
     --rate) RATE=${2:?--rate RATE}; shift 2 ;;
     --size) SIZE=${2:?--size SIZE}; shift 2 ;;
     --mtu) MTU=${2:?--mtu MTU}; shift 2 ;;
+    --scenarios) SCENARIOS=${2:?--scenarios LIST}; shift 2 ;;
     --json) JSON=1; shift ;;
     --methods) METHODS=${2:?--methods LIST}; shift 2 ;;
     --dir) DIR=${2:?--dir DIR}; shift 2 ;;
@@ -57,6 +58,11 @@ for m in ${METHODS//,/ }; do
   case $m in qpack|http|aria2) ;; *) echo "run.sh: --methods: unknown method $m (qpack, http, aria2)" >&2; exit 2 ;; esac
 done
 has_method() { [[ ",$METHODS," == *",$1,"* ]]; }
+[ "$SCENARIOS" = all ] && SCENARIOS="update,kill,seed-kill,liar"
+for m in ${SCENARIOS//,/ }; do
+  case $m in update|kill|seed-kill|liar) ;; *) echo "run.sh: --scenarios: unknown scenario $m (update, kill, seed-kill, liar, all)" >&2; exit 2 ;; esac
+done
+has_scenario() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "fanout: skipped: needs root (network namespaces, veth, tc); run it as root"
@@ -250,7 +256,7 @@ say "generating a $SIZE EUPS tree, publishing it signed (--no-prefix), exporting
 PUBLINE=$("$Q" keys publisher --out "$W/keys/publisher.key" 2>/dev/null | grep '^qpack-publisher ')
 "$Q" publish "$W/tree" --repo "$W/repo" --release "$REL" --key "$W/keys/publisher.key" --no-prefix --json >"$W/publish.json"
 "$Q" export "$REL" --repo "$W/repo" -o "$W/www/$REL.tar.zst" >/dev/null 2>&1
-rm -rf "$W/tree"
+has_scenario update || rm -rf "$W/tree"
 STORED=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_stored"])' "$W/publish.json")
 RAW=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes"])' "$W/publish.json")
 TARZST=$(stat -c %s "$W/www/$REL.tar.zst")
@@ -269,9 +275,11 @@ node_range() { $PY -c 'import json,sys; d=json.load(open(sys.argv[1]))[sys.argv[
 skip_row() { $PYH row method="$1" nodes="$NODES" rate="$RATE_LABEL" seconds=null ratio_to_bound=null max_upload_bytes=null cpu=null note="skipped: $2" >>"$RESULTS"; }
 
 # --- 1. qpack -----------------------------------------------------------------------------------------------------
-run_qpack() {
-  local i n nm pids=() seed_pid t0 t1 rc secs
-  say "qpack: keys, cluster file, $((NODES + 1)) agents"
+Q_READY=0
+declare -a AGENT_PID=()
+qpack_files() {  # keys, the cluster file and every agent's config (once)
+  local i nm
+  ((Q_READY)) && return 0
   "$Q" keys issue operator --role operator --ca "$W/keys" --out "$W/keys" >/dev/null 2>&1
   {
     echo 'ca = "keys/ca.pem"'
@@ -292,79 +300,305 @@ run_qpack() {
     nm=$(name $i)
     "$Q" keys issue "$nm" --role node --ca "$W/keys" --out "$W/keys" >/dev/null 2>&1
     mkdir -p "$W/hosts/$nm"
-    {
-      echo "name = \"$nm\""
-      echo "listen = \"$(addr $i):7401\""
-      echo 'cluster = "../../cluster.toml"'
-      echo "cert = \"../../keys/$nm.pem\""
-      echo "key = \"../../keys/$nm.key\""
-      if ((i == 0)); then echo 'repo = "../../repo"'; else echo 'node = "node"'; echo 'prefix = "stack"'; fi
-    } >"$W/hosts/$nm/agent.toml"
   done
-  for ((i = 0; i <= NODES; i++)); do
-    nm=$(name $i)
-    # One thread per pool and agent: N+1 agents share this machine's cores, and idle threads waking each other
-    # cost more than they give (on a real node tokio and rayon take one thread per core).
-    RUST_LOG=${QPACK_AGENT_LOG:-info} TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1} RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1} \
-      bg "$W/hosts/$nm/agent.log" ip netns exec "$(ns $i)" "$Q" agent --config "$W/hosts/$nm/agent.toml"
-    pids+=("$BG")
-    ((i == 0)) && seed_pid=$BG
-  done
-  # every agent answers status (bounded: 120 tries, each at most 10 s)
+  Q_READY=1
+}
+agent_config() {  # agent_config I [FAULTS_TOML]: (re)writes host I's agent.toml
+  local i=$1 nm; nm=$(name "$1")
+  {
+    echo "name = \"$nm\""
+    echo "listen = \"$(addr $i):7401\""
+    echo 'cluster = "../../cluster.toml"'
+    echo "cert = \"../../keys/$nm.pem\""
+    echo "key = \"../../keys/$nm.key\""
+    if ((i == 0)); then echo 'repo = "../../repo"'; else echo 'node = "node"'; echo 'prefix = "stack"'; fi
+    if [ -n "${2:-}" ]; then echo; echo '[faults]'; echo "$2"; fi
+  } >"$W/hosts/$nm/agent.toml"
+}
+start_agent() {  # start_agent I: host I's agent, in its namespace; its PID in AGENT_PID[I]
+  local i=$1 nm; nm=$(name "$1")
+  # One thread per pool and agent: N+1 agents share this machine's cores, and idle threads waking each other
+  # cost more than they give (on a real node tokio and rayon take one thread per core).
+  RUST_LOG=${QPACK_AGENT_LOG:-info} TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1} RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1} \
+    bg "$W/hosts/$nm/agent.log" ip netns exec "$(ns $i)" "$Q" agent --config "$W/hosts/$nm/agent.toml"
+  AGENT_PID[i]=$BG
+}
+wait_agents() {  # every agent answers status (bounded: 120 tries, each at most 10 s)
+  local k p
   for ((k = 0; k < 120; k++)); do
     if in_ns 0 timeout 10 "$Q" status --cluster "$W/cluster.toml" --json >"$W/status0.json" 2>/dev/null \
       && $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if len(d)==int(sys.argv[2]) and all(r.get("reachable") for r in d) else 1)' "$W/status0.json" $((NODES + 1)); then
-      break
+      return 0
     fi
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || die "an agent exited at start: see $W/hosts/*/agent.log"; done
+    for p in "${AGENT_PID[@]}"; do kill -0 "$p" 2>/dev/null || die "an agent exited at start: see $W/hosts/*/agent.log"; done
     sleep 0.5
   done
-  ((k < 120)) || die "agents not all answering status after 120 tries"
-  say "qpack: all $((NODES + 1)) agents answer; qpack deploy $REL (timeout $(timeout_for 20) s)"
-  links_snap "$W/q-links0.json"
-  local perf_pid=""
+  die "agents not all answering status after 120 tries"
+}
+start_cluster() {  # start_cluster [LIAR_FAULTS]: fresh node roots, every agent up (host 1 lies if given)
+  local i
+  qpack_files
+  rm -rf "$W"/hosts/*/node "$W"/hosts/*/stack
+  for ((i = 0; i <= NODES; i++)); do
+    if ((i == 1)); then agent_config "$i" "${1:-}"; else agent_config "$i"; fi
+    start_agent "$i"
+  done
+  wait_agents
+}
+stop_cluster() {
+  forget "${AGENT_PID[@]}"
+  AGENT_PID=()
+}
+qstatus() { in_ns 0 timeout 30 "$Q" status --cluster "$W/cluster.toml" --json >"$1" 2>/dev/null || true; }
+# deploy_timed TAG RELEASE [NODES]: qpack deploy with link counters, CPU and (FANOUT_PERF, FANOUT_TIMELINE)
+# a profile and a timeline around it; sets DEPLOY_RC, T0, T1; leaves $W/TAG-*.json
+deploy_timed() {
+  local tag=$1 rel=$2 sel=${3:-} perf_pid="" tl_pid="" args=()
+  [ -n "$sel" ] && args=(--nodes "$sel")
+  links_snap "$W/$tag-links0.json"
   if [ -n "${FANOUT_PERF:-}" ]; then   # a whole-machine profile of the deploy (perf from linux-perf)
     bg "$W/perf.log" perf record -a -g -F 499 -o "$FANOUT_PERF" -- sleep 3600
     perf_pid=$BG
     sleep 1
   fi
-  local tl_pid=""
   if [ -n "${FANOUT_TIMELINE:-}" ]; then   # link counters every 0.5 s during the deploy (fanout.py timeline)
     bg "$W/timeline.log" bash -c "for ((i = 0; i < 7200; i++)); do echo \"T \$EPOCHREALTIME\"; ip -n $BRNS -s -j link show; sleep 0.5; done"
     tl_pid=$BG
   fi
-  t0=$EPOCHREALTIME
-  rc=0
-  in_ns 0 timeout "$(timeout_for 20)" "$Q" deploy "$REL" --cluster "$W/cluster.toml" --json >"$W/deploy.json" 2>"$W/deploy.log" || rc=$?
-  t1=$EPOCHREALTIME
+  T0=$EPOCHREALTIME
+  DEPLOY_RC=0
+  in_ns 0 timeout "$(timeout_for 20)" "$Q" deploy "$rel" --cluster "$W/cluster.toml" "${args[@]}" --json \
+    >"$W/$tag-deploy.json" 2>"$W/$tag-deploy.log" || DEPLOY_RC=$?
+  T1=$EPOCHREALTIME
+  links_snap "$W/$tag-links1.json"
+  tc_drops >"$W/$tag-drops.txt"
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null; sleep 2; forget "$perf_pid"; fi
-  if [ -n "$tl_pid" ]; then forget "$tl_pid"; $PYH timeline "$W/timeline.log" "$NODES" "$BPS" "$t0" >"$FANOUT_TIMELINE"; fi
-  links_snap "$W/q-links1.json"
-  tc_drops >"$W/q-drops.txt"
+  if [ -n "$tl_pid" ]; then forget "$tl_pid"; $PYH timeline "$W/timeline.log" "$NODES" "$BPS" "$T0" >"$FANOUT_TIMELINE"; fi
   sample_wait
-  in_ns 0 timeout 30 "$Q" status --cluster "$W/cluster.toml" --json >"$W/status1.json" 2>/dev/null || true
-  $PYH rss "${pids[@]:1}" >"$W/q-rss.json"
-  $PYH rss "$seed_pid" >"$W/q-rss-seed.json"
-  forget "${pids[@]}"
-  rm -rf "$W"/hosts/*/node "$W"/hosts/*/stack
-  ((rc == 0)) || { cat "$W/deploy.log" >&2; say "qpack deploy failed (exit $rc): logs in $W (--keep keeps them)"; skip_row qpack "deploy failed (exit $rc)"; return 0; }
-  secs=$(secs_between "$t0" "$t1")
-  $PYH links "$W/q-links0.json" "$W/q-links1.json" "$NODES" >"$W/q-links.json"
-  $PYH qpack "$W/deploy.json" "$W/status1.json" >"$W/q-sum.json"
-  cpu_of "$t0" "$t1" >"$W/q-cpu.json"
+  qstatus "$W/$tag-status.json"
+  $PYH links "$W/$tag-links0.json" "$W/$tag-links1.json" "$NODES" >"$W/$tag-links.json"
+  cpu_of "$T0" "$T1" >"$W/$tag-cpu.json"
+}
+field() { $PY -c 'import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print("null" if v is None else v)' "$1" "$2"; }
+
+run_qpack() {
+  local secs rmin rmax
+  say "qpack: keys, cluster file, $((NODES + 1)) agents"
+  start_cluster
+  say "qpack: all $((NODES + 1)) agents answer; qpack deploy $REL (timeout $(timeout_for 20) s)"
+  deploy_timed q "$REL"
+  $PYH rss "${AGENT_PID[@]:1}" >"$W/q-rss.json"
+  $PYH rss "${AGENT_PID[0]}" >"$W/q-rss-seed.json"
+  if ((DEPLOY_RC != 0)); then
+    cat "$W/q-deploy.log" >&2
+    say "qpack deploy failed (exit $DEPLOY_RC): logs in $W (--keep keeps them)"
+    skip_row qpack "deploy failed (exit $DEPLOY_RC)"
+    stop_cluster
+    return 0
+  fi
+  secs=$(secs_between "$T0" "$T1")
+  $PYH qpack "$W/q-deploy.json" "$W/q-status.json" >"$W/q-sum.json"
   read -r rmin rmax < <(node_range "$W/q-links.json" down)
   $PYH row method=qpack nodes="$NODES" rate="$RATE_LABEL" seconds="$secs" ratio_to_bound="$(ratio "$secs")" \
     ratio_to_own_bytes="$(own_ratio "$secs" "$STORED")" max_upload_bytes="$(max_of "$W/q-links.json" up)" @"$W/q-cpu.json" \
     recv_min_bytes="$rmin" recv_max_bytes="$rmax" \
-    max_served_bytes="$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["served_max"])' "$W/q-sum.json")" \
-    seed_served_bytes="$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["seed_served"])' "$W/q-sum.json")" \
-    fetched_max_bytes="$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["fetched_max"])' "$W/q-sum.json")" \
-    agent_peak_rss_bytes="$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["max"])' "$W/q-rss.json")" \
-    seed_peak_rss_bytes="$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["max"])' "$W/q-rss-seed.json")" \
-    agents_cpu_seconds="$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["cpu_seconds"])' "$W/q-rss.json")" \
-    seed_cpu_seconds="$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["cpu_seconds"])' "$W/q-rss-seed.json")" \
-    >>"$RESULTS"
+    max_served_bytes="$(field "$W/q-sum.json" served_max)" seed_served_bytes="$(field "$W/q-sum.json" seed_served)" \
+    fetched_max_bytes="$(field "$W/q-sum.json" fetched_max)" \
+    agent_peak_rss_bytes="$(field "$W/q-rss.json" max)" seed_peak_rss_bytes="$(field "$W/q-rss-seed.json" max)" \
+    agents_cpu_seconds="$(field "$W/q-rss.json" cpu_seconds)" seed_cpu_seconds="$(field "$W/q-rss-seed.json" cpu_seconds)" \
+    drops="\"$(cat "$W/q-drops.txt")\"" \
+    note="peak agent RSS $(( $(field "$W/q-rss.json" max) >> 20 )) MiB" >>"$RESULTS"
   say "qpack: $secs s, $(tail -1 "$RESULTS")"
+  if has_scenario update; then scenario_update; fi
+  stop_cluster
+}
+
+# Release 2: qserv rebuilt (the generator's next release of the same tree). Every node fetches the changed chunks
+# only: the bytes each received (compressed, as counted by its agent) against what the publish stored anew.
+scenario_update() {
+  local secs stored2 fmax
+  say "update: release 2 (qserv rebuilt), published and deployed to all"
+  "$MT" "$W/tree" --release 2 --size "$SIZE" >/dev/null
+  "$Q" publish "$W/tree" --repo "$W/repo" --release fanout-2 --key "$W/keys/publisher.key" --no-prefix --json >"$W/publish2.json"
+  stored2=$(field "$W/publish2.json" bytes_stored)
+  deploy_timed u fanout-2
+  ((DEPLOY_RC == 0)) || { cat "$W/u-deploy.log" >&2; skip_row "qpack release 2" "deploy failed (exit $DEPLOY_RC)"; return 0; }
+  secs=$(secs_between "$T0" "$T1")
+  $PYH qpack "$W/u-deploy.json" "$W/u-status.json" >"$W/u-sum.json"
+  fmax=$(field "$W/u-sum.json" fetched_max)
+  $PYH row method="qpack release 2" nodes="$NODES" rate="$RATE_LABEL" seconds="$secs" \
+    ratio_to_bound="$(awk -v s="$secs" -v b="$stored2" -v r="$BPS" 'BEGIN { printf "%.3f", s / (b * 8 / r) }')" \
+    max_upload_bytes="$(max_of "$W/u-links.json" up)" @"$W/u-cpu.json" changed_bytes="$stored2" fetched_max_bytes="$fmax" \
+    fetched_over_changed="$(awk -v f="$fmax" -v c="$stored2" 'BEGIN { printf "%.3f", f / c }')" \
+    note="changed chunks $((stored2 >> 20)) MiB; most any node fetched: $(awk -v f="$fmax" -v c="$stored2" 'BEGIN { printf "%.2f", f / c }') x that (x bound: of the changed bytes)" >>"$RESULTS"
+  say "update: $secs s, $(tail -1 "$RESULTS")"
+}
+
+# poll_until SECS PYTHON_CONDITION: polls `qpack status` every 0.5 s until the condition (on the list `d` of
+# reports) holds; false if it does not within SECS
+poll_until() {
+  local k
+  for ((k = 0; k < $1 * 2; k++)); do
+    qstatus "$W/poll.json"
+    $PY -c "import json,sys
+d=json.load(open(sys.argv[1])) if open(sys.argv[1]).read().strip() else []
+nodes=[r for r in d if r['name']!='build']
+tr=lambda r: ((r.get('status') or {}).get('transfer') or {})
+sys.exit(0 if ($2) else 1)" "$W/poll.json" && return 0
+    sleep 0.5
+  done
+  return 1
+}
+deploy_bg() {  # deploy_bg TAG RELEASE: qpack deploy in the background (JSON in TAG-deploy.json); PID in DEPLOY_PID
+  T0=$EPOCHREALTIME
+  bg "$W/$1-deploy.log" sh -c 'exec ip netns exec "$1" timeout "$2" "$3" deploy "$4" --cluster "$5" --json >"$6"' \
+    sh "$H0" "$(timeout_for 30)" "$Q" "$2" "$W/cluster.toml" "$W/$1-deploy.json"
+  DEPLOY_PID=$BG
+}
+wait_deploy() {  # waits for the background deploy; its exit code
+  local rc=0
+  wait "$DEPLOY_PID" || rc=$?
+  T1=$EPOCHREALTIME
+  forget "$DEPLOY_PID"
+  return $rc
+}
+
+# Kill 10% of the agents (kill -9) once the nodes are half way: the others finish; the killed ones, restarted
+# (they take their staging up again), finish without fetching again what they had verified.
+scenario_kill() {
+  local n_kill i k victims=() names=() secs before after total ok=1 note=""
+  n_kill=$(( (NODES + 9) / 10 ))
+  say "kill: deploy to all, kill -9 $n_kill agents half way, restart them"
+  start_cluster
+  links_snap "$W/k-links0.json"
+  deploy_bg k "$REL"
+  poll_until "$(timeout_for 2)" "len(nodes)==$NODES and sum(tr(r).get('bytes_done',0) for r in nodes) >= 0.5*sum(max(tr(r).get('bytes_total',0),1) for r in nodes)" \
+    || { wait_deploy || true; skip_row "qpack 10% killed" "never half way"; stop_cluster; return 0; }
+  cp "$W/poll.json" "$W/k-at-kill.json"
+  for ((k = 0; k < n_kill; k++)); do
+    i=$(( 1 + (k * NODES / n_kill) % NODES ))
+    victims+=("$i"); names+=("$(name "$i")")
+    kill -KILL "${AGENT_PID[i]}" 2>/dev/null || true
+  done
+  for i in "${victims[@]}"; do wait "${AGENT_PID[i]}" 2>/dev/null || true; done
+  say "kill: killed ${names[*]}"
+  wait_deploy || true
+  # the others staged (a victim may have finished before the kill)
+  $PY - "$W/k-deploy.json" "${names[*]}" <<'PY' || ok=0
+import json, sys
+d = json.load(open(sys.argv[1])); killed = set(sys.argv[2].split())
+bad = [o["name"] for o in d if o["name"] not in killed and not o.get("staged")]
+if bad:
+    print("not staged:", bad, file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+  for i in "${victims[@]}"; do
+    mv "$W/hosts/$(name "$i")/agent.log" "$W/hosts/$(name "$i")/agent.killed.log"
+    forget "${AGENT_PID[i]}"
+    start_agent "$i"
+  done
+  wait_agents
+  in_ns 0 timeout "$(timeout_for 20)" "$Q" deploy "$REL" --cluster "$W/cluster.toml" --nodes "$(IFS=,; echo "${names[*]}")" --json \
+    >"$W/k-deploy2.json" 2>"$W/k-deploy2.log" || ok=0
+  T1=$EPOCHREALTIME
+  links_snap "$W/k-links1.json"
+  secs=$(secs_between "$T0" "$T1")
+  # what each killed node had at the kill, and what its restarted agent still lacked when it took the staging
+  # up again: at most what it had not got, plus what arrived in the last commit period (2 s) before the kill
+  note=$($PY - "$W/k-at-kill.json" "$W/hosts" "${names[*]}" <<'PY'
+import json, re, sys
+at = {r["name"]: ((r.get("status") or {}).get("transfer") or {}) for r in json.load(open(sys.argv[1]))}
+out, ok = [], True
+for n in sys.argv[3].split():
+    t = at.get(n, {})
+    had, total = t.get("chunks_done", 0), t.get("chunks_total", 0)
+    lacked = None
+    for line in open(f"{sys.argv[2]}/{n}/agent.log"):
+        m = re.search(r"staging \S+: (\d+) of (\d+) chunks to fetch", line)
+        if m:
+            lacked = int(m.group(1)); break
+    if lacked is None:
+        out.append(f"{n}: had {had}/{total} chunks, installed at restart")
+        continue
+    ok &= lacked < total and lacked <= total - had + total // 5
+    out.append(f"{n}: had {had}/{total} chunks, lacked {lacked} after restart")
+print(("" if ok else "REFETCHED; ") + "; ".join(out))
+sys.exit(0)
+PY
+)
+  [[ "$note" == REFETCHED* ]] && ok=0
+  $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if all(o.get("staged") for o in d) else 1)' "$W/k-deploy2.json" || ok=0
+  $PYH links "$W/k-links0.json" "$W/k-links1.json" "$NODES" >"$W/k-links.json"
+  $PYH row method="qpack 10% killed" nodes="$NODES" rate="$RATE_LABEL" seconds="$secs" ratio_to_bound="$(ratio "$secs")" \
+    max_upload_bytes="$(max_of "$W/k-links.json" up)" cpu=null ok="$([ $ok = 1 ] && echo true || echo false)" \
+    note="$([ $ok = 1 ] && echo "others staged; " || echo "FAILED; ")$note" >>"$RESULTS"
+  say "kill: $(tail -1 "$RESULTS")"
+  stop_cluster
+}
+
+# Kill the seed once every chunk has left it at least once (every node reports no chunk that only sources
+# have): the swarm finishes without it.
+scenario_seed_kill() {
+  local secs ok=1 rc=0
+  say "seed-kill: deploy to all, kill -9 the seed once every chunk has left it"
+  start_cluster
+  links_snap "$W/s-links0.json"
+  deploy_bg s "$REL"
+  poll_until "$(timeout_for 2)" "len(nodes)==$NODES and all(tr(r).get('phase') in ('fetching','installing','syncing','staged') and tr(r).get('sources_only',1)==0 for r in nodes)" \
+    || { wait_deploy || true; skip_row "qpack seed killed" "every chunk never left the seed"; stop_cluster; return 0; }
+  cp "$W/poll.json" "$W/s-at-kill.json"
+  kill -KILL "${AGENT_PID[0]}" 2>/dev/null || true
+  wait "${AGENT_PID[0]}" 2>/dev/null || true
+  local frac; frac=$($PY -c 'import json,sys; d=[r for r in json.load(open(sys.argv[1])) if r["name"]!="build"]; t=lambda r: (r.get("status") or {}).get("transfer") or {}; print(round(sum(t(r).get("bytes_done",0) for r in d)/max(1,sum(t(r).get("bytes_total",0) for r in d)),2))' "$W/s-at-kill.json")
+  say "seed-kill: seed killed with the nodes at $frac of their bytes"
+  wait_deploy || { rc=$?; ok=0; }
+  links_snap "$W/s-links1.json"
+  secs=$(secs_between "$T0" "$T1")
+  $PYH links "$W/s-links0.json" "$W/s-links1.json" "$NODES" >"$W/s-links.json"
+  $PYH row method="qpack seed killed" nodes="$NODES" rate="$RATE_LABEL" seconds="$secs" ratio_to_bound="$(ratio "$secs")" \
+    max_upload_bytes="$(max_of "$W/s-links.json" up)" cpu=null ok="$([ $ok = 1 ] && echo true || echo false)" \
+    note="$([ $ok = 1 ] && echo "all staged" || echo "FAILED (exit $rc)"), seed killed with the nodes at $frac of their bytes" >>"$RESULTS"
+  say "seed-kill: $(tail -1 "$RESULTS")"
+  stop_cluster
+}
+
+# One host serves corrupted chunks: every other node still ends with verified bytes, and avoids it.
+scenario_liar() {
+  local secs ok=1 note
+  say "liar: $(name 1) corrupts every chunk it serves; deploy to all"
+  start_cluster "corrupt_chunks = true"
+  deploy_timed l "$REL"
+  ((DEPLOY_RC == 0)) || ok=0
+  secs=$(secs_between "$T0" "$T1")
+  note=$($PY - "$W/l-deploy.json" "$W/l-status.json" "$(name 1)" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); s = json.load(open(sys.argv[2])); liar = sys.argv[3]
+staged = sum(1 for o in d if o.get("staged"))
+banned = took = 0
+for r in s:
+    if r["name"] in ("build", liar) or not r.get("status"):
+        continue
+    p = next((p for p in r["status"]["peers"] if p["name"] == liar), None)
+    if p:
+        banned += bool(p["banned"]); took += p["chunks_in"]
+print(f"{staged}/{len(d)} staged; {banned} nodes banned {liar}; chunks accepted from it: {took}")
+PY
+)
+  # the installed trees of three nodes against the release checked out from the seed's repository
+  local chk="$W/l-check" i id bad=0
+  id=$("$Q" releases --repo "$W/repo" --json | $PY -c 'import json,sys; print([r["id"] for r in json.load(sys.stdin) if r["name"]==sys.argv[1]][0])' "$REL")
+  rm -rf "$chk"; "$Q" checkout "$REL" "$chk" --repo "$W/repo" >/dev/null 2>&1 || bad=1
+  for i in 2 $(( (NODES + 1) / 2 )) "$NODES"; do
+    ((i >= 2)) || continue
+    diff -r --no-dereference "$chk" "$W/hosts/$(name "$i")/node/releases/$id" >/dev/null 2>&1 || bad=$((bad + 1))
+  done
+  rm -rf "$chk"
+  ((bad == 0)) || ok=0
+  $PYH row method="qpack with a liar" nodes="$NODES" rate="$RATE_LABEL" seconds="$secs" ratio_to_bound="$(ratio "$secs")" \
+    max_upload_bytes="$(max_of "$W/l-links.json" up)" @"$W/l-cpu.json" ok="$([ $ok = 1 ] && echo true || echo false)" \
+    note="$note; 3 installed trees $([ $bad = 0 ] && echo "equal the release" || echo "DIFFER ($bad)")" >>"$RESULTS"
+  say "liar: $(tail -1 "$RESULTS")"
+  stop_cluster
 }
 
 # --- 2. central HTTP server ----------------------------------------------------------------------------------
@@ -478,6 +712,9 @@ run_aria2() {
 }
 
 if has_method qpack; then run_qpack; fi
+if has_method qpack && has_scenario kill; then scenario_kill; fi
+if has_method qpack && has_scenario seed-kill; then scenario_seed_kill; fi
+if has_method qpack && has_scenario liar; then scenario_liar; fi
 if has_method http; then run_http; fi
 if has_method aria2; then run_aria2; fi
 $PYH row method=bound nodes="$NODES" rate="$RATE_LABEL" seconds="$BOUND" ratio_to_bound=1 \

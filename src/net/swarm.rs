@@ -1081,7 +1081,7 @@ async fn fetch(
             _ = swarm.wake.notified() => continue,
             _ = tick.tick() => {}
         }
-        let (remaining, stalled, all_banned, peers_now) = {
+        let (remaining, stalled, all_banned, peers_now, novel) = {
             let mut s = swarm.sched();
             // Time-based rules (end game, help, back-off) may have opened new picks.
             s.dirty.iter_mut().for_each(|d| *d = true);
@@ -1090,6 +1090,7 @@ async fn fetch(
                 s.last_progress.elapsed() > STALL,
                 s.banned.iter().all(|&b| b),
                 s.inflight.iter().filter(|&&n| n > 0).count() as u32,
+                s.novel as u64,
             )
         };
         let bytes = swarm.bytes.load(Relaxed);
@@ -1106,6 +1107,7 @@ async fn fetch(
             p.chunks_done = swarm.chunks.load(Relaxed);
             p.rate = rate;
             p.peers = peers_now;
+            p.sources_only = novel;
         });
         if remaining == 0 {
             break Ok((swarm.chunks.load(Relaxed), bytes));

@@ -151,6 +151,9 @@ pub struct Progress {
     pub peers: u32,
     /// Bytes per second received (compressed, as sent) over the last 3 seconds.
     pub rate: u64,
+    /// Chunks this node still needs that no other node staging the release has: only sources (the seed) have
+    /// them. Once it is 0 on every node, every chunk has left the seed.
+    pub sources_only: u64,
 }
 
 /// The outcome of a `Stage`.

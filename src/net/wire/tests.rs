@@ -158,6 +158,7 @@ fn golden_responses() {
         chunks_total: 64,
         peers: 3,
         rate: 512 << 10,
+        sources_only: 5,
     };
     let v = Vector::new()
         .pc("Response::Progress (variant 8)", &8u32)
@@ -168,7 +169,8 @@ fn golden_responses() {
         .pc("chunks_done: 16", &p.chunks_done)
         .pc("chunks_total: 64", &p.chunks_total)
         .pc("peers: 3 (varint u32)", &p.peers)
-        .pc("rate: 524288 bytes/s", &p.rate);
+        .pc("rate: 524288 bytes/s", &p.rate)
+        .pc("sources_only: 5", &p.sources_only);
     golden(
         "wire-progress.hex",
         "Response Progress (a Stage in its fetching phase)",
@@ -526,16 +528,9 @@ fn request() -> impl Strategy<Value = Request> {
 }
 
 fn progress() -> impl Strategy<Value = Progress> {
-    (any::<String>(), any::<String>(), any::<[u64; 4]>(), any::<u32>(), any::<u64>()).prop_map(
-        |(release, phase, [bytes_done, bytes_total, chunks_done, chunks_total], peers, rate)| Progress {
-            release,
-            phase,
-            bytes_done,
-            bytes_total,
-            chunks_done,
-            chunks_total,
-            peers,
-            rate,
+    (any::<String>(), any::<String>(), any::<[u64; 4]>(), any::<u32>(), any::<[u64; 2]>()).prop_map(
+        |(release, phase, [bytes_done, bytes_total, chunks_done, chunks_total], peers, [rate, sources_only])| {
+            Progress { release, phase, bytes_done, bytes_total, chunks_done, chunks_total, peers, rate, sources_only }
         },
     )
 }
