@@ -425,6 +425,12 @@ enum Write {
 fn writer(agent: Arc<Agent>, node: Arc<Node>, mut rx: tokio::sync::mpsc::Receiver<Write>) -> Result<(), String> {
     let repo = &node.repo;
     let lock = repo.lock(LockMode::Exclusive).map_err(|e| format!("cannot lock the repository: {e}"))?;
+    // What a killed earlier staging had verified and written out, but not committed, is kept.
+    match repo.salvage(&lock) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("kept {n} chunks verified before an interruption"),
+        Err(e) => tracing::warn!("could not keep what an interrupted staging left: {e}"),
+    }
     let mut txn = None;
     let mut batch_ids: Vec<ChunkId> = Vec::new();
     let (mut since, mut bytes) = (Instant::now(), 0u64);
@@ -475,6 +481,8 @@ fn writer(agent: Arc<Agent>, node: Arc<Node>, mut rx: tokio::sync::mpsc::Receive
                         }
                         batch_ids.push(*id);
                     }
+                    // Out of this process at once: a kill before the commit then loses nothing verified.
+                    t.flush().map_err(err)?;
                     if since.elapsed() >= COMMIT_EVERY || bytes >= COMMIT_BYTES {
                         commit(&mut txn, &mut batch_ids, &watch)?;
                         since = Instant::now();

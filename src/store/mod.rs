@@ -6,6 +6,8 @@
 
 mod gc;
 pub mod pack;
+#[cfg(test)]
+mod tests;
 mod txn;
 mod verify;
 
@@ -598,6 +600,57 @@ impl Repository {
     pub(crate) fn bump_gc_epoch(&self) -> Result<(), StoreError> {
         let next = self.gc_epoch() + 1;
         fsx::write_atomic(&self.root, "gc-epoch", format!("{next}\n").as_bytes()).map_err(StoreError::io(&self.root))
+    }
+
+    /// Keeps the chunks that a writer killed before its commit had appended to its packs in `tmp/`: each record
+    /// is decoded and checked against its id, and the good ones committed (a record cut short by the kill, and
+    /// anything that does not verify, is dropped). An agent killed mid-transfer thus loses only what was not yet
+    /// written out, not the last commit period. Returns how many chunks were kept. Needs the exclusive lock.
+    pub fn salvage(&self, lock: &FileLock) -> Result<u64, StoreError> {
+        let tmp = self.root.join("tmp");
+        let mut packs = Vec::new();
+        for ent in std::fs::read_dir(&tmp).map_err(StoreError::io(&tmp))?.flatten() {
+            if ent.file_type().is_ok_and(|t| t.is_dir()) {
+                for f in std::fs::read_dir(ent.path()).map_err(StoreError::io(ent.path()))?.flatten() {
+                    if f.path().extension().is_some_and(|e| e == "pack") {
+                        packs.push(f.path());
+                    }
+                }
+            }
+        }
+        if packs.is_empty() {
+            return Ok(0);
+        }
+        // Out of tmp/ first: opening the transaction empties it.
+        let keep = self.root.join("salvage");
+        let _ = std::fs::remove_dir_all(&keep);
+        std::fs::create_dir(&keep).map_err(StoreError::io(&keep))?;
+        let mut moved = Vec::new();
+        for (i, p) in packs.iter().enumerate() {
+            let to = keep.join(format!("{i}.pack"));
+            std::fs::rename(p, &to).map_err(StoreError::io(p))?;
+            moved.push(to);
+        }
+        let txn = self.begin(lock)?;
+        let mut kept = 0u64;
+        let mut failed = None;
+        for p in &moved {
+            pack::for_each_record(p, |id, obj| {
+                if failed.is_none() && !txn.has_chunk(id) && crate::chunk::decode_object(id, obj, None).is_ok() {
+                    match txn.append(id, obj) {
+                        Ok(()) => kept += 1,
+                        Err(e) => failed = Some(e),
+                    }
+                }
+            })
+            .map_err(StoreError::io(p))?;
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        txn.commit_objects()?;
+        std::fs::remove_dir_all(&keep).map_err(StoreError::io(&keep))?;
+        Ok(kept)
     }
 
     /// Opens a write transaction. The caller must hold the exclusive lock.

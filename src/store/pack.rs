@@ -200,6 +200,34 @@ pub fn scan_pack(bytes: &[u8]) -> PackScan {
     PackScan { entries, error: None }
 }
 
+/// Reads the records of a pack file one at a time (memory: one object), calling `f` with each, until the end
+/// or the first record cut short (a pack whose writer was killed ends mid-record). Returns how many were read.
+pub fn for_each_record(path: &Path, mut f: impl FnMut(&ChunkId, &[u8])) -> io::Result<u64> {
+    use std::io::Read;
+    let mut r = std::io::BufReader::with_capacity(1 << 20, File::open(path)?);
+    let mut header = [0u8; PACK_HEADER as usize];
+    if r.read_exact(&mut header).is_err() || header[..4] != MAGIC_PACK || header[4] != FORMAT_VERSION {
+        return Ok(0);
+    }
+    let (mut n, mut rec, mut obj) = (0, [0u8; RECORD_HEADER as usize], Vec::new());
+    loop {
+        if r.read_exact(&mut rec).is_err() {
+            return Ok(n);
+        }
+        let len = u32::from_le_bytes(rec[..4].try_into().expect("4 bytes"));
+        let id = ChunkId(rec[4..36].try_into().expect("32 bytes"));
+        if len > MAX_OBJECT {
+            return Ok(n);
+        }
+        obj.resize(len as usize, 0);
+        if r.read_exact(&mut obj).is_err() {
+            return Ok(n);
+        }
+        f(&id, &obj);
+        n += 1;
+    }
+}
+
 /// Reads one object from an open pack.
 pub fn read_object(pack: &File, loc: &Loc) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; loc.len as usize];
@@ -257,6 +285,11 @@ impl PackWriter {
         self.entries.push(IndexEntry { id: *id, offset: self.len + RECORD_HEADER, len: obj.len() as u32 });
         self.len += RECORD_HEADER + obj.len() as u64;
         Ok(())
+    }
+
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
     }
 
     /// Bytes written so far.

@@ -101,6 +101,15 @@ impl<'r> Transaction<'r> {
         Ok(())
     }
 
+    /// Hands what was appended to the kernel (not a sync): if this process is killed before the commit, a
+    /// later [`Repository::salvage`] finds it in the pack.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        if let Some(w) = self.writer.lock().expect("pack writer").as_mut() {
+            w.flush().map_err(StoreError::io(&self.dir))?;
+        }
+        Ok(())
+    }
+
     /// Notes a chunk that was found present without writing it (stat-cache hits), for the counters.
     pub fn count_reused(&self, n: u64) {
         self.stats.chunks_reused.fetch_add(n, Relaxed);

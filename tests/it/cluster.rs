@@ -445,10 +445,13 @@ fn an_agent_killed_mid_transfer_resumes_with_what_it_had_verified() {
         assert_eq!(num(&e["staged"], "bytes_fetched"), second, "{}\n{r:#}", o.dump());
     }
     assert!(second > 0 && second < total, "node01 fetched {second} bytes after its restart; the release is {total}");
-    assert_eq!(
-        second,
-        total - kept,
-        "after its restart node01 should fetch exactly what it had not committed ({total} - {kept}):\n{}\n{r:#}\n{}",
+    // What it had committed is not fetched again, nor what it had verified and written out since (kept at
+    // restart from the killed writer's pack).
+    let salvaged = cl.log("node01").contains("verified before an interruption");
+    assert!(
+        second <= total - kept && (salvaged || second == total - kept),
+        "after its restart node01 should fetch at most what it had not committed ({total} - {kept}), exactly that \
+         unless it kept chunks of the killed writer's pack:\n{}\n{r:#}\n{}",
         o.dump(),
         cl.log("node01")
     );
