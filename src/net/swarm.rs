@@ -1392,3 +1392,6 @@ enum Fail {
     /// Anything else (timeouts, lost connections).
     Other(String),
 }
+
+#[cfg(test)]
+mod tests;

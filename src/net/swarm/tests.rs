@@ -1,0 +1,266 @@
+//! The scheduler on its own: who is asked for what, with stripes, the cohort, the end game and peers that come
+//! and go — driven by hand, without a network.
+
+use super::*;
+use crate::id::ChunkId;
+use std::time::{Duration, Instant};
+
+/// A chunk list of `n` chunks of `len` bytes each.
+fn list(n: u32, len: u32) -> Arc<ChunkList> {
+    let ids = (0..n).map(|i| ChunkId::of(&i.to_le_bytes())).collect();
+    Arc::new(ChunkList { ids, lens: vec![len; n as usize] })
+}
+
+fn full(n: u32) -> Bitmap {
+    let mut b = Bitmap::new(n);
+    for i in 0..n {
+        b.set(i);
+    }
+    b
+}
+
+fn bits(n: u32, mut which: impl FnMut(u32) -> bool) -> Bitmap {
+    let mut b = Bitmap::new(n);
+    for i in (0..n).filter(|&i| which(i)) {
+        b.set(i);
+    }
+    b
+}
+
+/// A scheduler for node `me` that lacks every chunk, with peers `names` (in that order), the operator having
+/// named `ordered` in the order.
+fn sched(n: u32, me: &str, names: &[&str], ordered: &[&str]) -> Sched {
+    let names = names.iter().map(|s| s.to_string()).collect();
+    let ordered: Vec<String> = ordered.iter().map(|s| s.to_string()).collect();
+    Sched::new(list(n, 1000), (0..n).collect(), names, me.to_string(), &ordered, 7)
+}
+
+/// Takes every batch `next` gives now: (peer, indices, end game).
+fn drain(s: &mut Sched, now: Instant) -> Vec<(usize, Vec<u32>, bool)> {
+    let mut out = Vec::new();
+    while let Some(b) = s.next(now) {
+        out.push(b);
+    }
+    out
+}
+
+#[test]
+fn from_a_source_a_node_asks_only_for_its_stripe_of_the_novel_chunks() {
+    // node02 of a cohort {node01, node02, node03} (named in the order), the seed has everything.
+    let n = 3000;
+    let mut s = sched(n, "node02", &["build", "node01", "node03"], &["node01", "node02", "node03"]);
+    s.set_have(0, Some(full(n)), false);
+    assert_eq!((s.k, s.rank), (3, 1), "the cohort is the order's, before any peer said it stages");
+    let now = Instant::now();
+    let got = drain(&mut s, now);
+    assert!(!got.is_empty());
+    for (p, batch, endgame) in &got {
+        assert_eq!(*p, 0, "only the seed has anything");
+        assert!(!endgame);
+        assert!(batch.iter().all(|i| i % 3 == 1), "a chunk outside node02's stripe was asked of the seed");
+    }
+    // At most 2 batches in flight at one peer.
+    assert!(got.len() <= usize::from(PER_PEER), "{} batches at once to one peer", got.len());
+}
+
+#[test]
+fn chunks_a_cohort_peer_has_are_not_asked_of_the_seed_while_some_are_novel() {
+    let n = 600;
+    let mut s = sched(n, "node02", &["build", "node01"], &["node01", "node02"]);
+    s.set_have(0, Some(full(n)), false);
+    // node01 stages too and already has its stripe (the even chunks).
+    s.set_have(1, Some(bits(n, |i| i % 2 == 0)), true);
+    assert_eq!(s.novel, 300, "the odd chunks are on the seed only");
+    let now = Instant::now();
+    for (p, batch, _) in drain(&mut s, now) {
+        if p == 0 {
+            assert!(batch.iter().all(|i| i % 2 == 1), "the seed was asked for a chunk node01 has");
+        } else {
+            assert!(batch.iter().all(|i| i % 2 == 0), "node01 was asked for a chunk it lacks");
+        }
+    }
+}
+
+#[test]
+fn a_peer_that_cannot_be_reached_leaves_the_cohort_and_its_stripe_is_dealt_again() {
+    let n = 400;
+    let mut s = sched(n, "node02", &["build", "node01"], &["node01", "node02"]);
+    s.set_have(0, Some(full(n)), false);
+    assert_eq!((s.k, s.rank), (2, 1));
+    s.unreachable(1);
+    assert_eq!((s.k, s.rank), (1, 0), "an unreachable peer still counted in the cohort");
+    let got = drain(&mut s, Instant::now());
+    let asked: usize = got.iter().map(|b| b.1.len()).sum();
+    assert!(got.iter().flat_map(|b| b.1.iter()).any(|i| i % 2 == 0), "node01's stripe is not asked now");
+    assert!(asked > 0);
+}
+
+#[test]
+fn a_peer_not_found_yet_stays_in_the_cohort_the_operator_named() {
+    let mut s = sched(100, "node02", &["build", "node01"], &["node01", "node02"]);
+    s.not_found(1);
+    assert_eq!(s.k, 2, "a peer named in the order that has not started yet left the cohort");
+    // A peer the operator did not name is in the cohort only once it says it stages.
+    let mut s = sched(100, "node02", &["build", "node01"], &[]);
+    assert_eq!(s.k, 1);
+    s.set_have(1, Some(Bitmap::new(100)), true);
+    assert_eq!((s.k, s.rank), (2, 1));
+    s.left_cohort(1);
+    assert_eq!(s.k, 1, "a peer whose staging ended is still in the cohort");
+}
+
+#[test]
+fn when_novel_chunks_stop_dwindling_any_stripe_is_asked() {
+    let n = 300;
+    let mut s = sched(n, "node02", &["build", "node01"], &["node01", "node02"]);
+    s.set_have(0, Some(full(n)), false);
+    // node02 got its whole stripe; node01 (its owner) never shows up with the other one.
+    for i in (0..n).filter(|i| i % 2 == 1) {
+        assert!(s.complete(i));
+    }
+    let now = Instant::now();
+    assert!(drain(&mut s, now).is_empty(), "another node's stripe was asked of the seed at once");
+    // No change for longer than HELP_AFTER: help.
+    s.novel_moved = now - HELP_AFTER - Duration::from_millis(1);
+    s.dirty.iter_mut().for_each(|d| *d = true);
+    let got = drain(&mut s, now);
+    assert!(!got.is_empty(), "nothing asked though the owner of the rest is gone");
+    assert!(got.iter().all(|b| b.0 == 0 && b.1.iter().all(|i| i % 2 == 0)));
+}
+
+#[test]
+fn the_end_game_asks_again_elsewhere_only_what_is_late_and_only_once() {
+    let n = 40;
+    let mut s = sched(n, "node03", &["node01", "node02"], &[]);
+    s.set_have(0, Some(full(n)), true);
+    s.set_have(1, Some(full(n)), true);
+    let t = Instant::now();
+    let first = drain(&mut s, t);
+    let asked: usize = first.iter().map(|b| b.1.len()).sum();
+    assert_eq!(asked, n as usize, "every chunk should be in flight");
+    assert!(first.iter().all(|b| !b.2));
+    // Everything in flight, nothing late yet: nothing to do.
+    for (p, _, e) in &first {
+        s.finished(*p, *e, Duration::ZERO, Outcome::Got);
+    }
+    // (finished() counted them done as batches; their chunks are still in flight: nothing came.)
+    s.typical = 1.0;
+    let soon = t + Duration::from_millis(500);
+    assert!(drain(&mut s, soon).is_empty(), "chunks re-asked before they are late");
+    // Late (> 2 × 1 s + 0.5 s): each re-asked once, of the other peer.
+    let late = t + Duration::from_secs(3);
+    assert!(drain(&mut s, late).is_empty(), "time alone wakes nobody: the tick does");
+    s.dirty.iter_mut().for_each(|d| *d = true); // the tick
+    let again = drain(&mut s, late);
+    assert!(!again.is_empty());
+    for (p, batch, endgame) in &again {
+        assert!(*endgame);
+        assert!(batch.len() <= ENDGAME_BATCH);
+        for &i in batch {
+            assert_ne!(s.at[i as usize], *p as u32, "re-asked of the peer it is in flight at");
+        }
+    }
+    for (p, _, e) in &again {
+        s.finished(*p, *e, Duration::ZERO, Outcome::Got);
+    }
+    s.dirty.iter_mut().for_each(|d| *d = true);
+    let more: Vec<u32> = drain(&mut s, late).into_iter().flat_map(|b| b.1).collect();
+    let once: Vec<u32> = again.iter().flat_map(|b| b.1.iter().copied()).collect();
+    assert!(more.iter().all(|i| !once.contains(i)), "a chunk was asked a third time");
+}
+
+#[test]
+fn a_failed_batch_is_needed_again_and_its_peer_waits() {
+    let n = 50;
+    let mut s = sched(n, "node02", &["node01"], &[]);
+    s.set_have(0, Some(full(n)), true);
+    let t = Instant::now();
+    let (p, batch, e) = s.next(t).expect("a batch");
+    let needed = s.needed;
+    s.requeue(p, &batch);
+    s.finished(p, e, Duration::from_millis(10), Outcome::Failed);
+    assert_eq!(s.needed, needed + batch.len());
+    assert!(s.next(t).is_none(), "a peer that just failed is asked again at once");
+    assert!(s.next(t + Duration::from_secs(1)).is_some(), "a failed peer is never asked again");
+}
+
+#[test]
+fn a_banned_peer_is_never_asked_and_counts_for_nothing() {
+    let n = 50;
+    let mut s = sched(n, "node03", &["node01", "node02"], &[]);
+    s.set_have(0, Some(full(n)), true);
+    s.set_have(1, Some(full(n)), true);
+    assert_eq!(s.counts[0], 2);
+    s.finished(0, false, Duration::ZERO, Outcome::Banned);
+    assert_eq!(s.counts[0], 1);
+    assert_eq!(s.k, 2, "a banned peer still counts in the cohort");
+    let got = drain(&mut s, Instant::now());
+    assert!(!got.is_empty() && got.iter().all(|b| b.0 == 1));
+}
+
+/// Random bitmaps, peers that fail, lie or answer only in part: driving the scheduler until nothing is missing
+/// ends exactly when every chunk has a peer that will give it, and no chunk is ever asked of a peer that lacks it.
+#[test]
+fn a_random_swarm_completes_iff_every_chunk_has_an_honest_holder() {
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for round in 0..200 {
+        let n = 1 + (rand() % 300) as u32;
+        let np = 1 + (rand() % 6) as usize;
+        let names: Vec<String> = (0..np).map(|p| format!("peer{p}")).collect();
+        let name_refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let mut s = sched(n, "me", &name_refs, &[]);
+        // Each peer: what it has, whether it lies (banned on its first batch), fails half its batches.
+        let peers: Vec<(Bitmap, bool, bool)> = (0..np)
+            .map(|_| {
+                let dens = rand() % 100;
+                (bits(n, |_| rand() % 100 < dens), rand() % 5 == 0, rand() % 3 == 0)
+            })
+            .collect();
+        for (p, (bm, _, _)) in peers.iter().enumerate() {
+            s.set_have(p, Some(bm.clone()), rand() % 2 == 0);
+        }
+        let coverable = (0..n).all(|i| peers.iter().any(|(bm, liar, _)| !liar && bm.get(i)));
+        let mut now = Instant::now();
+        let mut steps = 0;
+        while s.remaining > 0 && steps < 20_000 {
+            steps += 1;
+            let Some((p, batch, endgame)) = s.next(now) else {
+                // Nothing to ask now: time passes (back-offs, help, the end game).
+                now += Duration::from_millis(500);
+                s.dirty.iter_mut().for_each(|d| *d = true);
+                if now.duration_since(s.t0) > Duration::from_secs(3600) {
+                    break;
+                }
+                continue;
+            };
+            let (bm, liar, flaky) = &peers[p];
+            for &i in &batch {
+                assert!(s.haves[p].as_ref().is_some_and(|b| b.get(i)), "round {round}: asked {p} for {i}");
+                assert!(bm.get(i), "round {round}: asked peer {p} for chunk {i} it never had");
+            }
+            let outcome = if *liar {
+                s.requeue(p, &batch);
+                Outcome::Banned
+            } else if *flaky && rand() % 2 == 0 {
+                s.requeue(p, &batch);
+                Outcome::Failed
+            } else {
+                // Answers part of it; the rest is unanswered.
+                let k = (rand() as usize % batch.len()) + 1;
+                for &i in &batch[..k] {
+                    s.complete(i);
+                }
+                s.requeue(p, &batch);
+                Outcome::Got
+            };
+            s.finished(p, endgame, Duration::from_millis(5), outcome);
+        }
+        assert_eq!(s.remaining == 0, coverable, "round {round}: n {n}, {np} peers, {steps} steps");
+    }
+}
