@@ -12,13 +12,15 @@
 # host sent on its link (wire bytes, headers included), and the machine's CPU use during the method (mean/peak,
 # 100% = every core busy). --json prints the rows as a JSON list instead.
 #
-# Usage: benches/fanout/run.sh --nodes N --rate RATE [--size SIZE] [--mtu MTU] [--json] [--check]
+# Usage: benches/fanout/run.sh --nodes N [--rate RATE] [--size SIZE] [--mtu MTU] [--json] [--check]
 #                               [--methods qpack,http,aria2] [--scenarios LIST|all] [--dir DIR] [--keep]
-#   RATE   per-host link rate, each way: 25mbit, 100mbit, 1gbit (a bare number is mbit)
+#   RATE   per-host link rate, each way: 25mbit, 100mbit, 1gbit (a bare number is mbit). Default 25mbit: on
+#          2 cores, the rate at which 10 hosts leave the CPU half idle (at 50 hosts every rate is CPU-bound
+#          here: the table's CPU column says so)
 #   SIZE   uncompressed size of the generated EUPS tree (default 100M: ~44 MB of compressed chunks, a
 #          ~36 MB .tar.zst; the http row takes N x that / RATE)
-#   MTU    of every link (default 9000, jumbo frames as on a data-centre LAN; 1500 for plain Ethernet):
-#          all the hosts share this machine's cores, and per-packet work is what costs CPU
+#   MTU    of every link (default 1500, plain Ethernet; 9000 for jumbo frames as on some data-centre LANs:
+#          less CPU per byte, but the shapers' queues then hold few packets and losses come in storms)
 #   LIST   qpack scenarios after the first deploy: update (release 2, qserv rebuilt), kill (10% of the agents
 #          killed half way, then restarted), seed-kill (the seed killed once every chunk left it), liar (a host
 #          corrupts what it serves)
@@ -38,7 +40,7 @@ set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
-NODES="" RATE="" SIZE=100M MTU=1500 JSON=0 SCENARIOS="" CHECK=0 METHODS="qpack,http,aria2" DIR="" KEEP=0 INSTALL=1
+NODES="" RATE=25mbit SIZE=100M MTU=1500 JSON=0 SCENARIOS="" CHECK=0 METHODS="qpack,http,aria2" DIR="" KEEP=0 INSTALL=1
 while (($#)); do
   case "$1" in
     --nodes) NODES=${2:?--nodes N}; shift 2 ;;
@@ -57,7 +59,7 @@ while (($#)); do
   esac
 done
 [[ "$NODES" =~ ^[0-9]+$ ]] && ((NODES >= 1 && NODES <= 200)) || { echo "run.sh: --nodes N (1 to 200) is required" >&2; exit 2; }
-[ -n "$RATE" ] || { echo "run.sh: --rate RATE is required (e.g. 25mbit)" >&2; exit 2; }
+[ -n "$RATE" ] || { echo "run.sh: --rate RATE must not be empty (e.g. 25mbit)" >&2; exit 2; }
 [[ "$MTU" =~ ^[0-9]+$ ]] && ((MTU >= 1280 && MTU <= 9000)) || { echo "run.sh: --mtu MTU (1280 to 9000)" >&2; exit 2; }
 for m in ${METHODS//,/ }; do
   case $m in qpack|http|aria2) ;; *) echo "run.sh: --methods: unknown method $m (qpack, http, aria2)" >&2; exit 2 ;; esac
@@ -360,6 +362,16 @@ stop_cluster() {
   AGENT_PID=()
 }
 qstatus() { in_ns 0 timeout 30 "$Q" status --cluster "$W/cluster.toml" --json >"$1" 2>/dev/null || true; }
+# status_secs: the slowest of 3 `qpack status` of the whole cluster (issue: under a second for 50 nodes)
+status_secs() {
+  local k t0 worst=0
+  for ((k = 0; k < 3; k++)); do
+    t0=$EPOCHREALTIME
+    in_ns 0 timeout 30 "$Q" status --cluster "$W/cluster.toml" --json >/dev/null 2>&1 || { echo null; return; }
+    worst=$(awk -v a="$t0" -v b="$EPOCHREALTIME" -v w="$worst" 'BEGIN { d = b - a; printf "%.3f", (d > w ? d : w) }')
+  done
+  echo "$worst"
+}
 # deploy_timed TAG RELEASE [NODES]: qpack deploy with link counters, CPU and (FANOUT_PERF, FANOUT_TIMELINE)
 # a profile and a timeline around it; sets DEPLOY_RC, T0, T1; leaves $W/TAG-*.json
 deploy_timed() {
@@ -408,6 +420,7 @@ run_qpack() {
   fi
   secs=$(secs_between "$T0" "$T1")
   $PYH qpack "$W/q-deploy.json" "$W/q-status.json" >"$W/q-sum.json"
+  local st; st=$(status_secs)
   read -r rmin rmax < <(node_range "$W/q-links.json" down)
   $PYH row method=qpack nodes="$NODES" rate="$RATE_LABEL" seconds="$secs" ratio_to_bound="$(ratio "$secs")" \
     ratio_to_own_bytes="$(own_ratio "$secs" "$STORED")" max_upload_bytes="$(max_of "$W/q-links.json" up)" @"$W/q-cpu.json" \
@@ -416,8 +429,8 @@ run_qpack() {
     fetched_max_bytes="$(field "$W/q-sum.json" fetched_max)" \
     agent_peak_rss_bytes="$(field "$W/q-rss.json" max)" seed_peak_rss_bytes="$(field "$W/q-rss-seed.json" max)" \
     agents_cpu_seconds="$(field "$W/q-rss.json" cpu_seconds)" seed_cpu_seconds="$(field "$W/q-rss-seed.json" cpu_seconds)" \
-    drops="\"$(cat "$W/q-drops.txt")\"" \
-    note="peak agent RSS $(( $(field "$W/q-rss.json" max) >> 20 )) MiB" >>"$RESULTS"
+    drops="\"$(cat "$W/q-drops.txt")\"" status_seconds="$st" \
+    note="peak agent RSS $(( $(field "$W/q-rss.json" max) >> 20 )) MiB; qpack status of all $((NODES + 1)) hosts $st s" >>"$RESULTS"
   say "qpack: $secs s, $(tail -1 "$RESULTS")"
   if has_scenario update; then scenario_update; fi
   stop_cluster
