@@ -107,7 +107,17 @@ def rss(pids):
                         out[p] = int(line.split()[1]) * 1024
         except OSError:
             pass
-    return {"max": max(out.values()) if out else None, "cpu_seconds": round(cpu / hz, 1), "pids": out}
+    written = {}
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/io") as f:
+                for line in f:
+                    if line.startswith("wchar:"):
+                        written[p] = int(line.split()[1])
+        except OSError:
+            pass
+    return {"max": max(out.values()) if out else None, "cpu_seconds": round(cpu / hz, 1), "pids": out,
+            "written_max": max(written.values()) if written else None}
 
 
 def qpack(deploy, status):

@@ -428,7 +428,7 @@ run_qpack() {
     max_served_bytes="$(field "$W/q-sum.json" served_max)" seed_served_bytes="$(field "$W/q-sum.json" seed_served)" \
     fetched_max_bytes="$(field "$W/q-sum.json" fetched_max)" \
     agent_peak_rss_bytes="$(field "$W/q-rss.json" max)" seed_peak_rss_bytes="$(field "$W/q-rss-seed.json" max)" \
-    agents_cpu_seconds="$(field "$W/q-rss.json" cpu_seconds)" seed_cpu_seconds="$(field "$W/q-rss-seed.json" cpu_seconds)" \
+    agents_cpu_seconds="$(field "$W/q-rss.json" cpu_seconds)" agent_written_max_bytes="$(field "$W/q-rss.json" written_max)" seed_cpu_seconds="$(field "$W/q-rss-seed.json" cpu_seconds)" \
     drops="\"$(cat "$W/q-drops.txt")\"" status_seconds="$st" \
     note="peak agent RSS $(( $(field "$W/q-rss.json" max) >> 20 )) MiB; qpack status of all $((NODES + 1)) hosts $st s" >>"$RESULTS"
   say "qpack: $secs s, $(tail -1 "$RESULTS")"

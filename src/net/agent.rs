@@ -32,8 +32,9 @@ const STAGING_FILE: &str = "staging";
 const UPLOAD_SLOTS: usize = 8;
 /// How long a `GetChunks` may wait for an upload slot.
 pub(crate) const UPLOAD_QUEUE: Duration = Duration::from_secs(2);
-/// Most chunk bytes sent in answer to one `GetChunks` (the rest of the batch is left unanswered).
-const RESPONSE_BUDGET: usize = 4 << 20;
+/// Most chunk bytes sent in answer to one `GetChunks` (the rest of the batch is left unanswered). A server
+/// that ends its answer early having sent less breaks the protocol.
+pub(crate) const RESPONSE_BUDGET: usize = 4 << 20;
 /// Connections one certificate name may hold to an agent at once (an agent keeps one per peer; an operator's
 /// commands one each); a newer one closes the oldest.
 const CONNS_PER_PEER: usize = 8;
@@ -623,7 +624,8 @@ impl Agent {
         // more ends early (indices not answered are asked again, elsewhere or later).
         let io = |e: quinn::WriteError| (E_INTERNAL, e.to_string());
         let mut sent = 0usize;
-        for group in indices.chunks(8) {
+        let withhold = if self.faults.withhold_chunks { indices.len() } else { 0 };
+        for group in indices[withhold..].chunks(8) {
             if sent >= RESPONSE_BUDGET {
                 break;
             }

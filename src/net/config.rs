@@ -196,6 +196,9 @@ pub struct Faults {
     /// Wait this long before sending each chunk (a slow peer).
     #[serde(default)]
     pub chunk_delay_ms: u64,
+    /// Answer every `GetChunks` with `End` alone: a peer that announces chunks and never gives them.
+    #[serde(default)]
+    pub withhold_chunks: bool,
 }
 
 /// An agent's config file.

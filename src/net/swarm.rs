@@ -1342,6 +1342,7 @@ async fn receive(
     let req = Request::GetChunks { release: swarm.release, indices: batch.to_vec() };
     let mut rx = client::send(&conn, &req).await.map_err(Fail::Other)?;
     let mut asked: std::collections::HashSet<u32> = batch.iter().copied().collect();
+    let mut received = 0usize;
     loop {
         match client::recv(&mut rx).await {
             Ok(Response::Chunk { index, object }) => {
@@ -1357,6 +1358,7 @@ async fn receive(
                 if crate::chunk::decode_object(&swarm.list.ids[index as usize], &object, Some(len)).is_err() {
                     return Err(Fail::Lie(format!("chunk {index} that does not match its hash")));
                 }
+                received += object.len();
                 got.bytes += object.len();
                 got.chunks.push((index, object));
                 if got.bytes >= FLUSH_BYTES {
@@ -1368,6 +1370,14 @@ async fn receive(
                 if asked.remove(&index) {
                     swarm.sched().forget(p, index);
                 }
+            }
+            // An answer may end before every index only once the server's budget is spent: a peer that stops
+            // short keeps announcing chunks it will not give, and would be asked for them again and again.
+            Ok(Response::End) if !asked.is_empty() && received < super::agent::RESPONSE_BUDGET => {
+                return Err(Fail::Lie(format!(
+                    "an answer that ended after {received} bytes with {} asked chunks unanswered",
+                    asked.len()
+                )));
             }
             Ok(Response::End) => return Ok(()),
             Ok(other) => return Err(Fail::Other(format!("unexpected {}", client::kind(&other)))),
