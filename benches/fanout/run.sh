@@ -462,12 +462,18 @@ scenario_update() {
 poll_until() {
   local k
   for ((k = 0; k < $1 * 2; k++)); do
+    local p0=$EPOCHREALTIME
     qstatus "$W/poll.json"
-    $PY -c "import json,sys
+    echo "$p0 $EPOCHREALTIME $(grep -o '"reachable": *true' "$W/poll.json" | wc -l)" >>"$W/polls.log"   # start end reachable
+    mkdir -p "$W/polls" && cp "$W/poll.json" "$W/polls/$k.json"
+    $PY -c "import json,os,sys
 d=json.load(open(sys.argv[1])) if open(sys.argv[1]).read().strip() else []
 nodes=[r for r in d if r['name']!='build']
 tr=lambda r: ((r.get('status') or {}).get('transfer') or {})
-sys.exit(0 if ($2) else 1)" "$W/poll.json" && return 0
+seen=json.load(open(sys.argv[2])) if os.path.exists(sys.argv[2]) else {}
+seen.update({r['name']: tr(r) for r in nodes if tr(r)})
+json.dump(seen, open(sys.argv[2], 'w'))
+sys.exit(0 if ($2) else 1)" "$W/poll.json" "$W/poll-seen.json" && return 0
     sleep 0.5
   done
   return 1
@@ -494,15 +500,19 @@ scenario_kill() {
   say "kill: deploy to all, kill -9 $n_kill agents half way, restart them"
   start_cluster
   links_snap "$W/k-links0.json"
-  deploy_bg k "$REL"
-  poll_until "$(timeout_for 2)" "len(nodes)==$NODES and sum(tr(r).get('bytes_done',0) for r in nodes) >= 0.5*sum(max(tr(r).get('bytes_total',0),1) for r in nodes)" \
-    || { wait_deploy || true; skip_row "qpack 10% killed" "never half way"; stop_cluster; return 0; }
-  cp "$W/poll.json" "$W/k-at-kill.json"
   for ((k = 0; k < n_kill; k++)); do
     i=$(( 1 + (k * NODES / n_kill) % NODES ))
     victims+=("$i"); names+=("$(name "$i")")
-    kill -KILL "${AGENT_PID[i]}" 2>/dev/null || true
   done
+  deploy_bg k "$REL"
+  # half way: every victim answers, is fetching, and has half of its bytes
+  local vlist; vlist=$(printf "'%s'," "${names[@]}")
+  # (a node busy with its transfer may miss a status poll's deadline: the last progress seen of each counts)
+  rm -f "$W/poll-seen.json"
+  poll_until "$(timeout_for 2)" "all(seen.get(n,{}).get('phase')=='fetching' and 2*seen[n].get('bytes_done',0) >= seen[n].get('bytes_total',1) > 0 for n in ($vlist))" \
+    || { wait_deploy || true; skip_row "qpack 10% killed" "never half way"; stop_cluster; return 0; }
+  cp "$W/poll.json" "$W/k-at-kill.json"
+  for i in "${victims[@]}"; do kill -KILL "${AGENT_PID[i]}" 2>/dev/null || true; done
   for i in "${victims[@]}"; do wait "${AGENT_PID[i]}" 2>/dev/null || true; done
   say "kill: killed ${names[*]}"
   wait_deploy || true
@@ -539,7 +549,7 @@ for n in sys.argv[3].split():
     for line in open(f"{sys.argv[2]}/{n}/agent.log"):
         m = re.search(r"staging \S+: (\d+) of (\d+) chunks to fetch", line)
         if m:
-            lacked = int(m.group(1)); break
+            lacked, total = int(m.group(1)), int(m.group(2)); break
     if lacked is None:
         out.append(f"{n}: had {had}/{total} chunks, installed at restart")
         continue
@@ -567,7 +577,8 @@ scenario_seed_kill() {
   start_cluster
   links_snap "$W/s-links0.json"
   deploy_bg s "$REL"
-  poll_until "$(timeout_for 2)" "len(nodes)==$NODES and all(tr(r).get('phase') in ('fetching','installing','syncing','staged') and tr(r).get('sources_only',1)==0 for r in nodes)" \
+  rm -f "$W/poll-seen.json"
+  poll_until "$(timeout_for 2)" "len(seen)==$NODES and all(v.get('phase') in ('fetching','installing','syncing','staged') and v.get('sources_only',1)==0 for v in seen.values())" \
     || { wait_deploy || true; skip_row "qpack seed killed" "every chunk never left the seed"; stop_cluster; return 0; }
   cp "$W/poll.json" "$W/s-at-kill.json"
   kill -KILL "${AGENT_PID[0]}" 2>/dev/null || true
