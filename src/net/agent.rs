@@ -310,9 +310,20 @@ impl Agent {
         let remote = incoming.remote_address();
         let conn = match incoming.await {
             Ok(c) => c,
-            Err(e) => {
+            // This agent's TLS refused the peer (a certificate of another CA, a wrong name or key usage).
+            Err(e @ quinn::ConnectionError::TransportError(_)) => {
                 self.refused.fetch_add(1, Relaxed);
                 tracing::warn!("refused a connection from {remote}: {e}");
+                return;
+            }
+            // The peer refused this agent's certificate: a configuration to fix on its side, not a refusal here.
+            Err(e @ quinn::ConnectionError::ConnectionClosed(_)) => {
+                tracing::warn!("a connection from {remote} failed during the handshake: {e}");
+                return;
+            }
+            // The peer gave up (a status probe with a deadline, a process that exited): nothing refused.
+            Err(e) => {
+                tracing::debug!("a connection from {remote} ended during the handshake: {e}");
                 return;
             }
         };
