@@ -304,6 +304,9 @@ fn deploy_to_a_group_activates_it_there_only_and_release_2_moves_only_changed_ch
     for e in s.as_array().unwrap() {
         let name = e["name"].as_str().unwrap();
         assert_eq!(e["reachable"], true, "{}", o.dump());
+        // Every peer and operator here holds a good certificate: a probe that gave up its handshake (waiting
+        // for the agents to start) is not a refusal.
+        assert_eq!(e["status"]["refused"], 0, "{name} counts refusals: {}", o.dump());
         if ["node01", "node02", "node03"].contains(&name) {
             assert_eq!(e["active"], "r1", "{}", o.dump());
             assert_eq!(e["status"]["installed"], serde_json::json!(["r1"]), "{}", o.dump());
