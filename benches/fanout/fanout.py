@@ -89,27 +89,19 @@ def links(before, after, n):
 
 
 def rss(pids):
+    """Peak RSS, CPU seconds and bytes written (wchar) of the processes `pids`."""
     import os
     hz = os.sysconf("SC_CLK_TCK")
-    out, cpu = {}, 0
+    out, written, cpu = {}, {}, 0
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
                 cpu += int(fields[11]) + int(fields[12])  # utime, stime
-        except OSError:
-            pass
-    for p in pids:
-        try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
                     if line.startswith("VmHWM:"):
                         out[p] = int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    written = {}
-    for p in pids:
-        try:
             with open(f"/proc/{p}/io") as f:
                 for line in f:
                     if line.startswith("wchar:"):

@@ -361,13 +361,14 @@ stop_cluster() {
   forget "${AGENT_PID[@]}"
   AGENT_PID=()
 }
-qstatus() { in_ns 0 timeout 30 "$Q" status --cluster "$W/cluster.toml" --json >"$1" 2>/dev/null || true; }
+status_to() { in_ns 0 timeout 30 "$Q" status --cluster "$W/cluster.toml" --json >"$1" 2>/dev/null; }
+qstatus() { status_to "$1" || true; }
 # status_secs: the slowest of 3 `qpack status` of the whole cluster (issue: under a second for 50 nodes)
 status_secs() {
   local k t0 worst=0
   for ((k = 0; k < 3; k++)); do
     t0=$EPOCHREALTIME
-    in_ns 0 timeout 30 "$Q" status --cluster "$W/cluster.toml" --json >/dev/null 2>&1 || { echo null; return; }
+    status_to /dev/null || { echo null; return; }
     worst=$(awk -v a="$t0" -v b="$EPOCHREALTIME" -v w="$worst" 'BEGIN { d = b - a; printf "%.3f", (d > w ? d : w) }')
   done
   echo "$worst"

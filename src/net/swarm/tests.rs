@@ -35,6 +35,14 @@ fn sched(n: u32, me: &str, names: &[&str], ordered: &[&str]) -> Sched {
     Sched::new(list(n, 1000), (0..n).collect(), names, me.to_string(), &ordered, 7)
 }
 
+/// node03's scheduler, node01 and node02 staging with every chunk.
+fn beside_two_full_peers(n: u32) -> Sched {
+    let mut s = sched(n, "node03", &["node01", "node02"], &[]);
+    s.set_have(0, Some(full(n)), true);
+    s.set_have(1, Some(full(n)), true);
+    s
+}
+
 /// Takes every batch `next` gives now: (peer, indices, end game).
 fn drain(s: &mut Sched, now: Instant) -> Vec<(usize, Vec<u32>, bool)> {
     let mut out = Vec::new();
@@ -131,9 +139,7 @@ fn when_novel_chunks_stop_dwindling_any_stripe_is_asked() {
 #[test]
 fn the_end_game_asks_again_elsewhere_only_what_is_late_and_only_once() {
     let n = 40;
-    let mut s = sched(n, "node03", &["node01", "node02"], &[]);
-    s.set_have(0, Some(full(n)), true);
-    s.set_have(1, Some(full(n)), true);
+    let mut s = beside_two_full_peers(n);
     let t = Instant::now();
     let first = drain(&mut s, t);
     let asked: usize = first.iter().map(|b| b.1.len()).sum();
@@ -187,9 +193,7 @@ fn a_failed_batch_is_needed_again_and_its_peer_waits() {
 #[test]
 fn a_banned_peer_is_never_asked_and_counts_for_nothing() {
     let n = 50;
-    let mut s = sched(n, "node03", &["node01", "node02"], &[]);
-    s.set_have(0, Some(full(n)), true);
-    s.set_have(1, Some(full(n)), true);
+    let mut s = beside_two_full_peers(n);
     assert_eq!(s.counts[0], 2);
     s.finished(0, false, Duration::ZERO, Outcome::Banned);
     assert_eq!(s.counts[0], 1);
