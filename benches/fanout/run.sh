@@ -240,13 +240,15 @@ for ((i = 0; i <= NODES; i++)); do
 done
 H0=$(ns 0)
 links_snap() { ip -n "$BRNS" -s -j link show >"$1"; }
-tc_drops() {  # packets dropped so far by the shapers: "down D up U" (summed over the hosts)
-  local i d=0 u=0 x
+tc_drops() {  # packets dropped so far by the shapers: "down D up U (build host up S of P)" (D, U: all hosts)
+  local i d=0 u=0 x s=""
   for ((i = 0; i <= NODES; i++)); do
     x=$(tc -n "$BRNS" -s qdisc show dev "v$i" | awk '/dropped/ { gsub(",", ""); print $7; exit }'); d=$((d + ${x:-0}))
-    x=$(tc -n "$(ns $i)" -s qdisc show dev eth0 | awk '/dropped/ { gsub(",", ""); print $7; exit }'); u=$((u + ${x:-0}))
+    x=$(tc -n "$(ns $i)" -s qdisc show dev eth0 | awk '/dropped/ { gsub(",", ""); print $7, $4 + $7; exit }')
+    u=$((u + ${x%% *}))
+    ((i == 0)) && s=" (build host up ${x%% *} of ${x##* })"
   done
-  echo "down $d up $u"
+  echo "down $d up $u$s"
 }
 in_ns() { local n=$1; shift; ip netns exec "$(ns "$n")" "$@"; }
 # every host reaches the build host (bounded: 50 tries of 0.2 s each)
@@ -283,6 +285,7 @@ ratio() { awk -v s="$1" -v b="$BOUND" 'BEGIN { printf "%.3f", s / b }'; }
 own_ratio() { awk -v s="$1" -v b="$2" -v r="$BPS" 'BEGIN { printf "%.3f", s / (b * 8 / r) }'; }   # vs its own bytes
 timeout_for() { awk -v x="$1" -v b="$BOUND" 'BEGIN { printf "%d", 120 + x * b }'; }   # 120 s + x bounds
 max_of() { $PY -c 'import json,sys; print(max(json.load(open(sys.argv[1]))[sys.argv[2]]))' "$1" "$2"; }
+seed_of() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]][0])' "$1" "$2"; }  # the build host's
 node_range() { $PY -c 'import json,sys; d=json.load(open(sys.argv[1]))[sys.argv[2]][1:]; print(min(d), max(d))' "$1" "$2"; }
 skip_row() { $PYH row method="$1" nodes="$NODES" rate="$RATE_LABEL" seconds=null ratio_to_bound=null max_upload_bytes=null cpu=null note="skipped: $2" >>"$RESULTS"; }
 
@@ -427,6 +430,7 @@ run_qpack() {
     ratio_to_own_bytes="$(own_ratio "$secs" "$STORED")" max_upload_bytes="$(max_of "$W/q-links.json" up)" @"$W/q-cpu.json" \
     recv_min_bytes="$rmin" recv_max_bytes="$rmax" \
     max_served_bytes="$(field "$W/q-sum.json" served_max)" seed_served_bytes="$(field "$W/q-sum.json" seed_served)" \
+    seed_upload_bytes="$(seed_of "$W/q-links.json" up)" \
     fetched_max_bytes="$(field "$W/q-sum.json" fetched_max)" \
     agent_peak_rss_bytes="$(field "$W/q-rss.json" max)" seed_peak_rss_bytes="$(field "$W/q-rss-seed.json" max)" \
     agents_cpu_seconds="$(field "$W/q-rss.json" cpu_seconds)" agent_written_max_bytes="$(field "$W/q-rss.json" written_max)" seed_cpu_seconds="$(field "$W/q-rss-seed.json" cpu_seconds)" \
