@@ -18,7 +18,7 @@ use crate::manifest::{PartManifest, SignedRelease};
 use crate::node::{Node, NodeConfig, Trust};
 use crate::store::Repository;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch, Semaphore};
@@ -30,6 +30,8 @@ const STAGING_FILE: &str = "staging";
 /// Chunk batches served at once by one agent; more requests wait in line (first come, first served) for up to
 /// [`UPLOAD_QUEUE`], then are answered "busy" and go elsewhere.
 const UPLOAD_SLOTS: usize = 8;
+/// Most `GetChunks` waiting in line for an upload slot; more are answered "busy" at once.
+const UPLOAD_LINE: usize = 8;
 /// How long a `GetChunks` may wait for an upload slot.
 pub(crate) const UPLOAD_QUEUE: Duration = Duration::from_secs(2);
 /// Most chunk bytes sent in answer to one `GetChunks` (the rest of the batch is left unanswered). A server
@@ -99,6 +101,8 @@ pub struct Agent {
     job: Mutex<Option<Arc<Job>>>,
     last: Mutex<(Option<Progress>, Option<String>)>,
     upload: Arc<Semaphore>,
+    /// Requests waiting in line for an upload slot.
+    upload_waiting: AtomicUsize,
     upload_by_peer: Mutex<HashMap<String, u32>>,
     unreachable: Mutex<HashMap<String, Instant>>,
     /// Connections per certificate name, oldest first.
@@ -200,6 +204,7 @@ impl Agent {
             job: Mutex::new(None),
             last: Mutex::new((None, None)),
             upload: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
+            upload_waiting: AtomicUsize::new(0),
             upload_by_peer: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashMap::new()),
             conns_by_peer: Mutex::new((0, HashMap::new())),
@@ -624,8 +629,17 @@ impl Agent {
         };
         // In line for a slot: a requester that is turned away at once only asks again later, and the slot may
         // stay idle meanwhile; one that waits keeps this node's upload busy.
-        let Ok(Ok(_permit)) = tokio::time::timeout(UPLOAD_QUEUE, self.upload.clone().acquire_owned()).await else {
-            return Err((E_BUSY, "all upload slots busy".into()));
+        let _permit = match self.upload.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let Some(_place) = InLine::join(&self.upload_waiting, UPLOAD_LINE) else {
+                    return Err((E_BUSY, format!("all upload slots busy and {UPLOAD_LINE} requests in line")));
+                };
+                let Ok(Ok(p)) = tokio::time::timeout(UPLOAD_QUEUE, self.upload.clone().acquire_owned()).await else {
+                    return Err((E_BUSY, "all upload slots busy".into()));
+                };
+                p
+            }
         };
         let list = self.chunk_list(release).await?;
         if let Some(bad) = indices.iter().find(|&&i| i as usize >= list.len()) {
@@ -974,6 +988,22 @@ impl Drop for ConnSlot {
                 g.1.remove(&self.1);
             }
         }
+    }
+}
+
+/// A place in the line for upload slots, given back when dropped.
+struct InLine<'a>(&'a AtomicUsize);
+
+impl<'a> InLine<'a> {
+    /// A place, if fewer than `max` are taken.
+    fn join(n: &'a AtomicUsize, max: usize) -> Option<Self> {
+        n.fetch_update(SeqCst, SeqCst, |w| (w < max).then_some(w + 1)).ok().map(|_| Self(n))
+    }
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
     }
 }
 

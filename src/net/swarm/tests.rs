@@ -268,3 +268,76 @@ fn a_random_swarm_completes_iff_every_chunk_has_an_honest_holder() {
         assert_eq!(s.remaining == 0, coverable, "round {round}: n {n}, {np} peers, {steps} steps");
     }
 }
+
+#[test]
+fn manifests_pass_through_a_tree_of_bounded_fan_out_rooted_at_their_owner() {
+    for k in [2usize, 3, 7, 8, 50, 51, 200] {
+        let cohort: Vec<String> = (0..k).map(|i| format!("node{i:03}")).collect();
+        for j in [0usize, 1, 5, 37, 199] {
+            let mut children = vec![0usize; k];
+            let mut deepest = 0;
+            for me in &cohort {
+                // Follow the chain of relays up to the root: it ends, at the member whose share it is.
+                let (mut at, mut depth) = (me.as_str(), 0);
+                while let Some(up) = manifest_relay(&cohort, at, j) {
+                    assert_ne!(up, at, "k={k} j={j}: {at} asks itself");
+                    if depth == 0 {
+                        children[cohort.iter().position(|n| n == up).unwrap()] += 1;
+                    }
+                    at = up;
+                    depth += 1;
+                    assert!(depth <= k, "k={k} j={j}: the chain from {me} loops");
+                }
+                assert_eq!(at, cohort[j % k], "k={k} j={j}: {me}'s chain ends elsewhere than the owner");
+                deepest = deepest.max(depth);
+            }
+            assert!(children.iter().all(|&c| c <= MANIFEST_FANOUT), "k={k} j={j}: fan-out {children:?}");
+            assert_eq!(children.iter().sum::<usize>(), k - 1, "k={k} j={j}: everyone but the owner asks someone");
+            // ⌈log_F K⌉ levels below the owner at most (F = 7: 2 levels for 50, 3 for 200).
+            let levels =
+                (1usize..).find(|&l| (0..=l as u32).map(|e| MANIFEST_FANOUT.pow(e)).sum::<usize>() >= k).unwrap();
+            assert!(deepest <= levels, "k={k} j={j}: {deepest} levels deep, {levels} expected at most");
+        }
+    }
+    assert_eq!(manifest_relay(&["a".into(), "b".into()], "c", 0), None, "not in the cohort: no relay");
+}
+
+#[test]
+fn once_every_chunk_is_in_the_cohort_the_seed_gives_only_what_no_other_peer_has_or_what_is_very_late() {
+    let n = 100;
+    let mut s = sched(n, "node03", &["build", "node01"], &[]);
+    s.seed[0] = true;
+    s.set_have(0, Some(full(n)), false);
+    s.set_have(1, Some(full(n)), true);
+    assert_eq!(s.novel, 0);
+    let t = Instant::now();
+    let first = drain(&mut s, t);
+    assert!(!first.is_empty());
+    assert!(first.iter().all(|b| b.0 == 1), "the seed was asked for chunks node01 has: {first:?}");
+    // node01 fails a batch and is not asked for a while: its chunks still do not go to the seed...
+    let (p, failed, e) = first[0].clone();
+    s.requeue(p, &failed);
+    s.finished(p, e, Duration::from_millis(10), Outcome::Failed);
+    assert!(drain(&mut s, t).is_empty(), "the seed was asked for chunks node01 has");
+    // ...but one node01 says it lacks does (one of this node's stripe: it is novel again).
+    let i = *failed.iter().find(|&&i| s.mine(i)).expect("a chunk of node03's stripe");
+    s.forget(1, i);
+    s.dirty.iter_mut().for_each(|d| *d = true);
+    let got = drain(&mut s, t);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].0, got[0].1.clone()), (0, vec![i]), "the chunk only the seed has");
+    // The end game: what is late at node01 goes to the seed only once it is three times as late.
+    let mut s2 = sched(n, "node03", &["build", "node01"], &[]);
+    s2.seed[0] = true;
+    s2.set_have(0, Some(full(n)), false);
+    s2.set_have(1, Some(full(n)), true);
+    let all = drain(&mut s2, t);
+    assert_eq!(all.iter().map(|b| b.1.len()).sum::<usize>(), n as usize, "every chunk in flight at node01");
+    s2.typical = 1.0; // late: 2.5 s; for the seed 7.5 s
+    s2.dirty.iter_mut().for_each(|d| *d = true);
+    assert!(drain(&mut s2, t + Duration::from_secs(4)).is_empty(), "the seed re-asked for a chunk node01 has");
+    s2.dirty.iter_mut().for_each(|d| *d = true);
+    let again = drain(&mut s2, t + Duration::from_secs(8));
+    assert!(!again.is_empty(), "a very late chunk is never asked of the seed");
+    assert!(again.iter().all(|b| b.0 == 0 && b.2));
+}
