@@ -516,7 +516,7 @@ scenario_kill() {
   rm -f "$W/poll-seen.json"
   poll_until "$(timeout_for 2)" "all(seen.get(n,{}).get('phase')=='fetching' and 2*seen[n].get('bytes_done',0) >= seen[n].get('bytes_total',1) > 0 for n in ($vlist))" \
     || { wait_deploy || true; skip_row "qpack 10% killed" "never half way"; stop_cluster; return 0; }
-  cp "$W/poll.json" "$W/k-at-kill.json"
+  cp "$W/poll-seen.json" "$W/k-at-kill.json"   # per node, the last transfer seen (a busy node may miss a poll)
   for i in "${victims[@]}"; do kill -KILL "${AGENT_PID[i]}" 2>/dev/null || true; done
   for i in "${victims[@]}"; do wait "${AGENT_PID[i]}" 2>/dev/null || true; done
   say "kill: killed ${names[*]}"
@@ -545,7 +545,7 @@ PY
   # up again: at most what it had not got, plus what arrived in the last commit period (2 s) before the kill
   note=$($PY - "$W/k-at-kill.json" "$W/hosts" "${names[*]}" <<'PY'
 import json, re, sys
-at = {r["name"]: ((r.get("status") or {}).get("transfer") or {}) for r in json.load(open(sys.argv[1]))}
+at = json.load(open(sys.argv[1]))  # name -> the last transfer seen
 out, ok = [], True
 for n in sys.argv[3].split():
     t = at.get(n, {})

@@ -41,6 +41,9 @@ const PER_PEER: u8 = 2;
 /// every other node waits for.
 const BATCH_MIN: u64 = 64 << 10;
 const BATCH_MAX: u64 = 512 << 10;
+/// Once every chunk is in the cohort a seed is asked only for what no other peer has (see `Sched::seed`) —
+/// unless no chunk has come for this long (the other holders may all be slow or failing).
+const SEED_SPARED_WHILE: Duration = Duration::from_secs(2);
 /// When the novel chunks (that no cohort peer has) have not dwindled for this long, a node also asks sources
 /// for novel chunks of other stripes (their owner may be gone, or see another cohort).
 const HELP_AFTER: Duration = Duration::from_secs(3);
@@ -561,7 +564,8 @@ struct Sched {
     banned: Vec<bool>,
     /// Per peer: a seed (the cluster file says so: the build host). Its one link is what every node would pick
     /// for the rarest chunks and the end game, so once every chunk is in the cohort it is asked only for chunks
-    /// no other peer has, or that are very late.
+    /// no other peer has, or that are very late — or for anything once no chunk came for
+    /// [`SEED_SPARED_WHILE`], so that holders that all fail cannot stall the staging.
     seed: Vec<bool>,
     /// Peer names and this node's: the cohort is ranked by name.
     names: Vec<String>,
@@ -682,6 +686,8 @@ impl Sched {
 
     /// Sets what peer `p` has (`None`: unknown) and whether it stages the release.
     fn set_have(&mut self, p: usize, bm: Option<Bitmap>, staging: bool) {
+        // A banned peer counts for nothing, whatever it still announces.
+        let bm = if self.banned[p] { None } else { bm };
         let Self { haves, cohort, counts, ccounts, .. } = self;
         if let Some(old) = haves[p].take() {
             for i in ones(&old) {
@@ -833,6 +839,7 @@ impl Sched {
             // stripe of them unless their number has stopped falling.
             let seed_phase = source && self.novel > 0;
             let helping = now.saturating_duration_since(self.novel_moved) >= HELP_AFTER;
+            let spared = self.seed[p] && now.saturating_duration_since(self.last_progress) < SEED_SPARED_WHILE;
             // A sample from a random start; the whole list for a source (its candidates are sparse).
             let scan = if seed_phase { n } else { n.min(16_384) };
             let start = (self.rand() % n as u64) as usize;
@@ -847,7 +854,7 @@ impl Sched {
                 if seed_phase && (self.ccounts[iu] != 0 || !(helping || self.mine(i))) {
                     continue;
                 }
-                if !seed_phase && self.seed[p] && self.counts[iu] > 1 {
+                if !seed_phase && spared && self.counts[iu] > 1 {
                     continue;
                 }
                 cands.push(i);
@@ -903,8 +910,9 @@ impl Sched {
             self.flying.retain(|&i| state[i as usize] == 2);
         }
         let late = ((2.0 * self.typical * 1000.0) as u32).saturating_add(ENDGAME_GRACE.as_millis() as u32);
-        // A seed only for chunks no other peer has, or three times as late.
-        let seed_late = if self.seed[p] { late.saturating_mul(3) } else { late };
+        // A seed only for chunks no other peer has, or three times as late (or if nothing came for a while).
+        let spared = self.seed[p] && now.saturating_duration_since(self.last_progress) < SEED_SPARED_WHILE;
+        let seed_late = if spared { late.saturating_mul(3) } else { late };
         let have = self.haves[p].as_ref().expect("checked above");
         let mut out = Vec::new();
         for &i in &self.flying {

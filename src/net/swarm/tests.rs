@@ -197,6 +197,9 @@ fn a_banned_peer_is_never_asked_and_counts_for_nothing() {
     assert_eq!(s.counts[0], 2);
     s.finished(0, false, Duration::ZERO, Outcome::Banned);
     assert_eq!(s.counts[0], 1);
+    // What it still announces (a bitmap sent again) counts for nothing either.
+    s.set_have(0, Some(full(n)), true);
+    assert_eq!(s.counts[0], 1, "a banned peer's bitmap counted");
     assert_eq!(s.k, 2, "a banned peer still counts in the cohort");
     let got = drain(&mut s, Instant::now());
     assert!(!got.is_empty() && got.iter().all(|b| b.0 == 1));
@@ -326,6 +329,14 @@ fn once_every_chunk_is_in_the_cohort_the_seed_gives_only_what_no_other_peer_has_
     let got = drain(&mut s, t);
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].0, got[0].1.clone()), (0, vec![i]), "the chunk only the seed has");
+    // And once nothing has come for a while (node01 keeps failing), the seed gives the rest too.
+    assert!(s.complete(i));
+    s.last_progress = t;
+    s.not_before[1] = Some(t + Duration::from_secs(60));
+    s.dirty.iter_mut().for_each(|d| *d = true);
+    let later = t + SEED_SPARED_WHILE + Duration::from_millis(1);
+    let rescue = drain(&mut s, later);
+    assert!(!rescue.is_empty() && rescue.iter().all(|b| b.0 == 0), "a stalled node never turns to the seed");
     // The end game: what is late at node01 goes to the seed only once it is three times as late.
     let mut s2 = sched(n, "node03", &["build", "node01"], &[]);
     s2.seed[0] = true;
@@ -335,8 +346,10 @@ fn once_every_chunk_is_in_the_cohort_the_seed_gives_only_what_no_other_peer_has_
     assert_eq!(all.iter().map(|b| b.1.len()).sum::<usize>(), n as usize, "every chunk in flight at node01");
     s2.typical = 1.0; // late: 2.5 s; for the seed 7.5 s
     s2.dirty.iter_mut().for_each(|d| *d = true);
+    s2.last_progress = t + Duration::from_secs(4); // chunks keep coming
     assert!(drain(&mut s2, t + Duration::from_secs(4)).is_empty(), "the seed re-asked for a chunk node01 has");
     s2.dirty.iter_mut().for_each(|d| *d = true);
+    s2.last_progress = t + Duration::from_secs(8);
     let again = drain(&mut s2, t + Duration::from_secs(8));
     assert!(!again.is_empty(), "a very late chunk is never asked of the seed");
     assert!(again.iter().all(|b| b.0 == 0 && b.2));
