@@ -245,7 +245,7 @@ tc_drops() {  # packets dropped so far by the shapers: "down D up U (build host 
   for ((i = 0; i <= NODES; i++)); do
     x=$(tc -n "$BRNS" -s qdisc show dev "v$i" | awk '/dropped/ { gsub(",", ""); print $7; exit }'); d=$((d + ${x:-0}))
     x=$(tc -n "$(ns $i)" -s qdisc show dev eth0 | awk '/dropped/ { gsub(",", ""); print $7, $4 + $7; exit }')
-    u=$((u + ${x%% *}))
+    x=${x:-0 0}; u=$((u + ${x%% *}))
     ((i == 0)) && s=" (build host up ${x%% *} of ${x##* })"
   done
   echo "down $d up $u$s"

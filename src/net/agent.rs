@@ -18,7 +18,7 @@ use crate::manifest::{PartManifest, SignedRelease};
 use crate::node::{Node, NodeConfig, Trust};
 use crate::store::Repository;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch, Semaphore};
@@ -101,8 +101,8 @@ pub struct Agent {
     job: Mutex<Option<Arc<Job>>>,
     last: Mutex<(Option<Progress>, Option<String>)>,
     upload: Arc<Semaphore>,
-    /// Requests waiting in line for an upload slot.
-    upload_waiting: AtomicUsize,
+    /// Places in line for an upload slot.
+    upload_line: Semaphore,
     upload_by_peer: Mutex<HashMap<String, u32>>,
     unreachable: Mutex<HashMap<String, Instant>>,
     /// Connections per certificate name, oldest first.
@@ -204,7 +204,7 @@ impl Agent {
             job: Mutex::new(None),
             last: Mutex::new((None, None)),
             upload: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
-            upload_waiting: AtomicUsize::new(0),
+            upload_line: Semaphore::new(UPLOAD_LINE),
             upload_by_peer: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashMap::new()),
             conns_by_peer: Mutex::new((0, HashMap::new())),
@@ -632,7 +632,7 @@ impl Agent {
         let _permit = match self.upload.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                let Some(_place) = InLine::join(&self.upload_waiting, UPLOAD_LINE) else {
+                let Ok(_place) = self.upload_line.try_acquire() else {
                     return Err((E_BUSY, format!("all upload slots busy and {UPLOAD_LINE} requests in line")));
                 };
                 let Ok(Ok(p)) = tokio::time::timeout(UPLOAD_QUEUE, self.upload.clone().acquire_owned()).await else {
@@ -988,22 +988,6 @@ impl Drop for ConnSlot {
                 g.1.remove(&self.1);
             }
         }
-    }
-}
-
-/// A place in the line for upload slots, given back when dropped.
-struct InLine<'a>(&'a AtomicUsize);
-
-impl<'a> InLine<'a> {
-    /// A place, if fewer than `max` are taken.
-    fn join(n: &'a AtomicUsize, max: usize) -> Option<Self> {
-        n.fetch_update(SeqCst, SeqCst, |w| (w < max).then_some(w + 1)).ok().map(|_| Self(n))
-    }
-}
-
-impl Drop for InLine<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, SeqCst);
     }
 }
 

@@ -833,13 +833,14 @@ impl Sched {
             return None;
         }
         let now_ms = self.ms(now);
+        // A seed spared (see `seed`): chunks another peer has are not asked of it, or only when very late.
+        let spared = self.seed[p] && now.saturating_duration_since(self.last_progress) < SEED_SPARED_WHILE;
         if self.needed > 0 {
             let source = !self.cohort[p];
             // While some chunks are on sources only, a source is asked only for those, and only for this node's
             // stripe of them unless their number has stopped falling.
             let seed_phase = source && self.novel > 0;
             let helping = now.saturating_duration_since(self.novel_moved) >= HELP_AFTER;
-            let spared = self.seed[p] && now.saturating_duration_since(self.last_progress) < SEED_SPARED_WHILE;
             // A sample from a random start; the whole list for a source (its candidates are sparse).
             let scan = if seed_phase { n } else { n.min(16_384) };
             let start = (self.rand() % n as u64) as usize;
@@ -910,9 +911,6 @@ impl Sched {
             self.flying.retain(|&i| state[i as usize] == 2);
         }
         let late = ((2.0 * self.typical * 1000.0) as u32).saturating_add(ENDGAME_GRACE.as_millis() as u32);
-        // A seed only for chunks no other peer has, or three times as late (or if nothing came for a while).
-        let spared = self.seed[p] && now.saturating_duration_since(self.last_progress) < SEED_SPARED_WHILE;
-        let seed_late = if spared { late.saturating_mul(3) } else { late };
         let have = self.haves[p].as_ref().expect("checked above");
         let mut out = Vec::new();
         for &i in &self.flying {
@@ -922,7 +920,8 @@ impl Sched {
                 && !self.again[iu]
                 && !(sources_only && self.ccounts[iu] != 0)
                 && have.get(i)
-                && now_ms.saturating_sub(self.since[iu]) > if self.counts[iu] > 1 { seed_late } else { late }
+                && now_ms.saturating_sub(self.since[iu])
+                    > if spared && self.counts[iu] > 1 { late.saturating_mul(3) } else { late }
             {
                 out.push(i);
                 if out.len() >= ENDGAME_BATCH {
