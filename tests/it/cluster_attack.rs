@@ -918,10 +918,13 @@ fn random_frames_never_kill_the_agent() {
         let d = Dialer::client(&ident).unwrap();
         let mut c = d.connect(&target).await.unwrap();
         let mut connections = 1;
+        // Frame errors answered on this connection: at most what the agent counted towards closing it.
+        let mut frame_errors = 0;
         for i in 0..200u32 {
             if c.close_reason().is_some() {
                 c = d.connect(&target).await.unwrap_or_else(|e| panic!("iteration {i}: cannot reconnect: {e}"));
                 connections += 1;
+                frame_errors = 0;
             }
             let frame = match rng.range(0, 5) {
                 0 => {
@@ -967,7 +970,12 @@ fn random_frames_never_kill_the_agent() {
             let kind = match raw(&c, &frame).await {
                 Ok(r) => client::kind(&r).to_string(),
                 Err(e) => match e.code {
-                    Some(code) => format!("Error {code}"),
+                    Some(code) => {
+                        if code == E_MALFORMED || code == E_TOO_LARGE {
+                            frame_errors += 1;
+                        }
+                        format!("Error {code}")
+                    }
                     None => {
                         // Only the agent closing the connection after malformed frames may end a request.
                         let why = tokio::time::timeout(Duration::from_secs(5), c.closed()).await.unwrap_or_else(|_| {
@@ -975,7 +983,16 @@ fn random_frames_never_kill_the_agent() {
                         });
                         match &why {
                             quinn::ConnectionError::ApplicationClosed(a) if a.error_code == 2u32.into() => {}
-                            other => panic!("iteration {i}: the connection ended: {other} (request: {e})"),
+                            // The close itself can be lost (a loaded machine's full socket buffer drops it) and
+                            // the agent forgets the connection 3 round-trip timeouts later: the next packet then
+                            // meets a stateless reset, which only a live agent that has dropped the connection
+                            // sends. Accepted only once two frame errors had been answered here (the third's
+                            // answer may have been lost with the close).
+                            quinn::ConnectionError::Reset if frame_errors >= 2 => {}
+                            other => panic!(
+                                "iteration {i}: the connection ended after {frame_errors} frame errors: {other} \
+                                 (request: {e})"
+                            ),
                         }
                         "connection closed".to_string()
                     }
