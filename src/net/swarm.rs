@@ -8,7 +8,8 @@
 //! - from a *source* (a peer not staging the release: the seed, a node that has it), while some chunks are
 //!   *novel* (no cohort peer has them), a node asks only for the novel chunks of its own *stripe* (index mod
 //!   cohort size = its rank among the cohort's names), so that each chunk leaves the seed about once; chunks of
-//!   other stripes come from their owners, who forward them at once;
+//!   other stripes come from their owners, who forward them at once. A node with nothing of its own stripe
+//!   left to ask helps with the next one, from its far end (its owner asks it from the start);
 //! - from a cohort peer, the rarest of a random sample of the chunks it has;
 //! - once nothing is left to ask, chunks in flight for much longer than batches usually take are asked again
 //!   elsewhere (the end game), so a slow peer holds up nothing.
@@ -815,6 +816,14 @@ impl Sched {
         self.k <= 1 || i % self.k == self.rank
     }
 
+    /// The next stripe after this node's (by rank, cyclically): once nothing of its own is left to ask, a node
+    /// asks sources for the novel chunks of that one, from its far end. Stripes whose owner is slow to fetch
+    /// them (its download shared with the cohort's flows) would otherwise leave the build host's upload idle
+    /// while the release waits for them.
+    fn helps(&self, i: u32) -> bool {
+        self.k > 1 && i % self.k == (self.rank + 1) % self.k
+    }
+
     /// Uncompressed bytes per batch: an eighth of a stripe, within bounds.
     fn batch_bytes(&self) -> u64 {
         (self.total_raw / (u64::from(self.k) * 8)).clamp(BATCH_MIN, BATCH_MAX)
@@ -841,11 +850,13 @@ impl Sched {
             // stripe of them unless their number has stopped falling.
             let seed_phase = source && self.novel > 0;
             let helping = now.saturating_duration_since(self.novel_moved) >= HELP_AFTER;
-            // A sample from a random start; the whole list for a source (its candidates are sparse).
+            // A sample from a random start; for a source the whole list in order (its candidates are sparse,
+            // and a stripe is asked from its start while its helper asks from its end).
             let scan = if seed_phase { n } else { n.min(16_384) };
-            let start = (self.rand() % n as u64) as usize;
+            let start = if seed_phase { 0 } else { (self.rand() % n as u64) as usize };
             let have = self.haves[p].as_ref().expect("checked above");
             let mut cands: Vec<u32> = Vec::new();
+            let mut next: Vec<u32> = Vec::new();
             for k in 0..scan {
                 let i = self.order[(start + k) % n];
                 let iu = i as usize;
@@ -853,6 +864,9 @@ impl Sched {
                     continue;
                 }
                 if seed_phase && (self.ccounts[iu] != 0 || !(helping || self.mine(i))) {
+                    if self.ccounts[iu] == 0 && self.helps(i) {
+                        next.push(i);
+                    }
                     continue;
                 }
                 if !seed_phase && spared && self.counts[iu] > 1 {
@@ -862,6 +876,10 @@ impl Sched {
                 if cands.len() >= 2048 {
                     break;
                 }
+            }
+            if seed_phase && cands.is_empty() {
+                // Nothing of its own stripe left to ask: the next stripe, from its end.
+                cands = next.into_iter().rev().take(2048).collect();
             }
             if !cands.is_empty() {
                 if seed_phase {

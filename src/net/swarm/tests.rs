@@ -120,20 +120,24 @@ fn a_peer_not_found_yet_stays_in_the_cohort_the_operator_named() {
 #[test]
 fn when_novel_chunks_stop_dwindling_any_stripe_is_asked() {
     let n = 300;
-    let mut s = sched(n, "node02", &["build", "node01"], &["node01", "node02"]);
+    let mut s = sched(n, "node02", &["build", "node01", "node03"], &["node01", "node02", "node03"]);
     s.set_have(0, Some(full(n)), false);
-    // node02 got its whole stripe; node01 (its owner) never shows up with the other one.
-    for i in (0..n).filter(|i| i % 2 == 1) {
+    // node02 got its whole stripe; node01 and node03 (the owners of the rest) never show up.
+    for i in (0..n).filter(|i| i % 3 == 1) {
         assert!(s.complete(i));
     }
     let now = Instant::now();
-    assert!(drain(&mut s, now).is_empty(), "another node's stripe was asked of the seed at once");
-    // No change for longer than HELP_AFTER: help.
+    let at_once: Vec<u32> = drain(&mut s, now).into_iter().flat_map(|b| b.1).collect();
+    assert!(at_once.iter().all(|i| i % 3 == 2), "a stripe other than the next one was asked of the seed at once");
+    // No change for longer than HELP_AFTER: help with any stripe.
+    s.finished(0, false, Duration::from_millis(10), Outcome::Got);
+    s.finished(0, false, Duration::from_millis(10), Outcome::Got);
     s.novel_moved = now - HELP_AFTER - Duration::from_millis(1);
     s.dirty.iter_mut().for_each(|d| *d = true);
     let got = drain(&mut s, now);
-    assert!(!got.is_empty(), "nothing asked though the owner of the rest is gone");
-    assert!(got.iter().all(|b| b.0 == 0 && b.1.iter().all(|i| i % 2 == 0)));
+    assert!(!got.is_empty(), "nothing asked though the owners of the rest are gone");
+    assert!(got.iter().all(|b| b.0 == 0 && b.1.iter().all(|i| i % 3 != 1)));
+    assert!(got.iter().any(|b| b.1.iter().any(|i| i % 3 == 0)), "node01's stripe not asked");
 }
 
 #[test]
@@ -353,4 +357,52 @@ fn once_every_chunk_is_in_the_cohort_the_seed_gives_only_what_no_other_peer_has_
     let again = drain(&mut s2, t + Duration::from_secs(8));
     assert!(!again.is_empty(), "a very late chunk is never asked of the seed");
     assert!(again.iter().all(|b| b.0 == 0 && b.2));
+}
+
+#[test]
+fn once_nothing_of_its_own_stripe_is_left_to_ask_a_node_asks_a_source_for_the_next_stripe_from_its_far_end() {
+    let n = 3000;
+    let mut s = sched(n, "node02", &["build", "node01", "node03"], &["node01", "node02", "node03"]);
+    s.set_have(0, Some(full(n)), false);
+    assert_eq!((s.k, s.rank), (3, 1));
+    let now = Instant::now();
+    // Its own stripe (i mod 3 = 1), from its start.
+    let (p, first, _) = s.next(now).expect("a batch");
+    assert_eq!(p, 0);
+    assert_eq!(first[0], 1, "its stripe from its start");
+    assert!(first.iter().all(|i| i % 3 == 1) && first.windows(2).all(|w| w[0] < w[1]));
+    // The rest of its stripe asked: the next stripe (node03's, i mod 3 = 2), from its far end; never node01's.
+    let (p, rest, _) = s.next(now).expect("a second batch");
+    assert_eq!(p, 0);
+    assert!(rest.iter().all(|i| i % 3 == 1));
+    for &i in first.iter().chain(&rest) {
+        s.complete(i);
+    }
+    s.finished(0, false, Duration::from_millis(10), Outcome::Got);
+    s.finished(0, false, Duration::from_millis(10), Outcome::Got);
+    let left: Vec<u32> = (0..n).filter(|&i| i % 3 == 1 && s.state[i as usize] == 1).collect();
+    let help = if left.is_empty() {
+        s.next(now).expect("a batch of the next stripe").1
+    } else {
+        // Batches of its own stripe until none is left to ask.
+        let mut got;
+        loop {
+            let (p, b, _) = s.next(now).expect("a batch");
+            got = b;
+            s.finished(p, false, Duration::from_millis(10), Outcome::Got);
+            if got.iter().all(|i| i % 3 != 1) {
+                break;
+            }
+        }
+        got
+    };
+    assert!(help.iter().all(|i| i % 3 == 2), "only the next stripe: {:?}", &help[..help.len().min(8)]);
+    assert_eq!(help[0], 2999, "from the far end (2999 mod 3 = 2)");
+    assert!(help.windows(2).all(|w| w[0] > w[1]));
+    // Chunks of it that node03 (the owner) already has are not asked of the source.
+    s.set_have(2, Some(bits(n, |i| i % 3 == 2 && i < 1500)), true);
+    s.finished(0, false, Duration::from_millis(10), Outcome::Got);
+    if let Some((_, b, _)) = s.next(now) {
+        assert!(b.iter().all(|&i| i % 3 == 2 && i >= 1500 && !help.contains(&i)), "{b:?}");
+    }
 }
