@@ -14,6 +14,7 @@
 #
 # Usage: benches/fanout/run.sh --nodes N [--rate RATE] [--size SIZE] [--mtu MTU] [--json] [--check]
 #                               [--methods qpack,http,aria2] [--scenarios LIST|all] [--dir DIR] [--keep]
+#                               [--slow I:RATE]
 #   RATE   per-host link rate, each way: 25mbit, 100mbit, 1gbit (a bare number is mbit). Default 25mbit: on
 #          2 cores, the rate at which 10 hosts leave the CPU half idle (at 50 hosts every rate is CPU-bound
 #          here: the table's CPU column says so)
@@ -25,6 +26,7 @@
 #          killed half way, then restarted), seed-kill (the seed killed once every chunk left it), liar (a host
 #          corrupts what it serves)
 #   --check exit 1 unless every qpack run and scenario succeeded (for CI)
+#   --slow  node I's link (1..N) shaped to RATE instead (a degraded node); the others' times are in the logs
 #   --dir  where the stores go (default /dev/shm when it and the memory have room, else /var/tmp)
 #   --keep keep the work directory (logs, JSON) instead of removing it
 #
@@ -41,6 +43,7 @@ set -euo pipefail
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 NODES="" RATE=25mbit SIZE=100M MTU=1500 JSON=0 SCENARIOS="" CHECK=0 METHODS="qpack,http,aria2" DIR="" KEEP=0 INSTALL=1
+SLOW=""
 while (($#)); do
   case "$1" in
     --nodes) NODES=${2:?--nodes N}; shift 2 ;;
@@ -54,6 +57,7 @@ while (($#)); do
     --keep) KEEP=1; shift ;;
     --check) CHECK=1; shift ;;
     --no-install) INSTALL=0; shift ;;
+    --slow) SLOW=${2:?--slow I:RATE}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -61,6 +65,10 @@ done
 [[ "$NODES" =~ ^[0-9]+$ ]] && ((NODES >= 1 && NODES <= 200)) || { echo "run.sh: --nodes N (1 to 200) is required" >&2; exit 2; }
 [ -n "$RATE" ] || { echo "run.sh: --rate RATE must not be empty (e.g. 25mbit)" >&2; exit 2; }
 [[ "$MTU" =~ ^[0-9]+$ ]] && ((MTU >= 1280 && MTU <= 9000)) || { echo "run.sh: --mtu MTU (1280 to 9000)" >&2; exit 2; }
+if [ -n "$SLOW" ]; then
+  [[ "$SLOW" =~ ^([0-9]+):([0-9]+[kmg]?bit)$ ]] && ((BASH_REMATCH[1] >= 1 && BASH_REMATCH[1] <= NODES)) \
+    || { echo "run.sh: --slow I:RATE, I a node (1 to $NODES), RATE like 2500kbit" >&2; exit 2; }
+fi
 for m in ${METHODS//,/ }; do
   case $m in qpack|http|aria2) ;; *) echo "run.sh: --methods: unknown method $m (qpack, http, aria2)" >&2; exit 2 ;; esac
 done
@@ -235,8 +243,9 @@ for ((i = 0; i <= NODES; i++)); do
   ip -n "$n" addr add "$(addr $i)/16" dev eth0
   ip -n "$n" link set eth0 up
   # upload: the host's egress; download: the bridge port's egress towards the host
-  tc -n "$n" qdisc add dev eth0 root tbf rate "$TCRATE" burst "$BURST" limit "$QLIMIT"
-  tc -n "$BRNS" qdisc add dev "v$i" root tbf rate "$TCRATE" burst "$BURST" limit "$QLIMIT"
+  r=$TCRATE; [ -n "$SLOW" ] && [ "${SLOW%%:*}" = "$i" ] && r=${SLOW#*:}
+  tc -n "$n" qdisc add dev eth0 root tbf rate "$r" burst "$BURST" limit "$QLIMIT"
+  tc -n "$BRNS" qdisc add dev "v$i" root tbf rate "$r" burst "$BURST" limit "$QLIMIT"
 done
 H0=$(ns 0)
 links_snap() { ip -n "$BRNS" -s -j link show >"$1"; }
