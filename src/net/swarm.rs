@@ -856,7 +856,6 @@ impl Sched {
             let start = if seed_phase { 0 } else { (self.rand() % n as u64) as usize };
             let have = self.haves[p].as_ref().expect("checked above");
             let mut cands: Vec<u32> = Vec::new();
-            let mut next: Vec<u32> = Vec::new();
             for k in 0..scan {
                 let i = self.order[(start + k) % n];
                 let iu = i as usize;
@@ -864,9 +863,6 @@ impl Sched {
                     continue;
                 }
                 if seed_phase && (self.ccounts[iu] != 0 || !(helping || self.mine(i))) {
-                    if self.ccounts[iu] == 0 && self.helps(i) {
-                        next.push(i);
-                    }
                     continue;
                 }
                 if !seed_phase && spared && self.counts[iu] > 1 {
@@ -878,8 +874,18 @@ impl Sched {
                 }
             }
             if seed_phase && cands.is_empty() {
-                // Nothing of its own stripe left to ask: the next stripe, from its end.
-                cands = next.into_iter().rev().take(2048).collect();
+                // Nothing of its own stripe left to ask: the novel chunks of the next stripe, from its far end.
+                cands = self
+                    .order
+                    .iter()
+                    .rev()
+                    .copied()
+                    .filter(|&i| {
+                        let iu = i as usize;
+                        self.state[iu] == 1 && have.get(i) && self.ccounts[iu] == 0 && self.helps(i)
+                    })
+                    .take(2048)
+                    .collect();
             }
             if !cands.is_empty() {
                 if seed_phase {

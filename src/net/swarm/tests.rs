@@ -371,30 +371,17 @@ fn once_nothing_of_its_own_stripe_is_left_to_ask_a_node_asks_a_source_for_the_ne
     assert_eq!(p, 0);
     assert_eq!(first[0], 1, "its stripe from its start");
     assert!(first.iter().all(|i| i % 3 == 1) && first.windows(2).all(|w| w[0] < w[1]));
-    // The rest of its stripe asked: the next stripe (node03's, i mod 3 = 2), from its far end; never node01's.
-    let (p, rest, _) = s.next(now).expect("a second batch");
-    assert_eq!(p, 0);
-    assert!(rest.iter().all(|i| i % 3 == 1));
-    for &i in first.iter().chain(&rest) {
-        s.complete(i);
-    }
-    s.finished(0, false, Duration::from_millis(10), Outcome::Got);
-    s.finished(0, false, Duration::from_millis(10), Outcome::Got);
-    let left: Vec<u32> = (0..n).filter(|&i| i % 3 == 1 && s.state[i as usize] == 1).collect();
-    let help = if left.is_empty() {
-        s.next(now).expect("a batch of the next stripe").1
-    } else {
-        // Batches of its own stripe until none is left to ask.
-        let mut got;
-        loop {
-            let (p, b, _) = s.next(now).expect("a batch");
-            got = b;
-            s.finished(p, false, Duration::from_millis(10), Outcome::Got);
-            if got.iter().all(|i| i % 3 != 1) {
-                break;
-            }
+    s.finished(p, false, Duration::from_millis(10), Outcome::Got);
+    // Batches of its own stripe until none is left to ask; then the next stripe (node03's, i mod 3 = 2), from
+    // its far end; never node01's.
+    let help = loop {
+        let (p, b, _) = s.next(now).expect("a batch");
+        assert_eq!(p, 0);
+        s.finished(p, false, Duration::from_millis(10), Outcome::Got);
+        if b.iter().all(|i| i % 3 != 1) {
+            break b;
         }
-        got
+        assert!(b.iter().all(|i| i % 3 == 1), "own and other stripes in one batch: {b:?}");
     };
     assert!(help.iter().all(|i| i % 3 == 2), "only the next stripe: {:?}", &help[..help.len().min(8)]);
     assert_eq!(help[0], 2999, "from the far end (2999 mod 3 = 2)");
@@ -402,7 +389,9 @@ fn once_nothing_of_its_own_stripe_is_left_to_ask_a_node_asks_a_source_for_the_ne
     // Chunks of it that node03 (the owner) already has are not asked of the source.
     s.set_have(2, Some(bits(n, |i| i % 3 == 2 && i < 1500)), true);
     s.finished(0, false, Duration::from_millis(10), Outcome::Got);
-    if let Some((_, b, _)) = s.next(now) {
+    let from_seed: Vec<Vec<u32>> = drain(&mut s, now).into_iter().filter(|b| b.0 == 0).map(|b| b.1).collect();
+    assert!(!from_seed.is_empty(), "the rest of the next stripe not asked of the seed");
+    for b in &from_seed {
         assert!(b.iter().all(|&i| i % 3 == 2 && i >= 1500 && !help.contains(&i)), "{b:?}");
     }
 }
