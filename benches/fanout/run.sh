@@ -66,7 +66,7 @@ done
 [ -n "$RATE" ] || { echo "run.sh: --rate RATE must not be empty (e.g. 25mbit)" >&2; exit 2; }
 [[ "$MTU" =~ ^[0-9]+$ ]] && ((MTU >= 1280 && MTU <= 9000)) || { echo "run.sh: --mtu MTU (1280 to 9000)" >&2; exit 2; }
 if [ -n "$SLOW" ]; then
-  [[ "$SLOW" =~ ^([0-9]+):([0-9]+[kmg]?bit)$ ]] && ((BASH_REMATCH[1] >= 1 && BASH_REMATCH[1] <= NODES)) \
+  [[ "$SLOW" =~ ^([0-9]+):(.+)$ ]] && ((BASH_REMATCH[1] >= 1 && BASH_REMATCH[1] <= NODES)) \
     || { echo "run.sh: --slow I:RATE, I a node (1 to $NODES), RATE like 2500kbit" >&2; exit 2; }
 fi
 for m in ${METHODS//,/ }; do
@@ -130,6 +130,12 @@ hashfile() { $HASH "$1" | cut -d' ' -f1; }
 
 # --- parameters ---------------------------------------------------------------------------------------------
 read -r BPS TCRATE < <($PYH rate "$RATE")
+SLOW_NODE="" SLOW_TC=""   # --slow: that node's link rate, in tc's words
+if [ -n "$SLOW" ]; then
+  SLOW_NODE=${SLOW%%:*}
+  read -r _ SLOW_TC < <($PYH rate "${SLOW#*:}") || true
+  [ -n "$SLOW_TC" ] || exit 2
+fi
 SIZE_BYTES=$($PYH size "$SIZE")
 RATE_LABEL="$(awk -v b="$BPS" 'BEGIN { if (b >= 1e9 && b % 1e9 == 0) printf "%dgbit", b/1e9; else if (b >= 1e6) printf "%gmbit", b/1e6; else printf "%gkbit", b/1e3 }')"
 BURST=$(( BPS / 8 / 100 ))            # 10 ms at RATE
@@ -243,7 +249,7 @@ for ((i = 0; i <= NODES; i++)); do
   ip -n "$n" addr add "$(addr $i)/16" dev eth0
   ip -n "$n" link set eth0 up
   # upload: the host's egress; download: the bridge port's egress towards the host
-  r=$TCRATE; [ -n "$SLOW" ] && [ "${SLOW%%:*}" = "$i" ] && r=${SLOW#*:}
+  r=$TCRATE; [ "$SLOW_NODE" = "$i" ] && r=$SLOW_TC
   tc -n "$n" qdisc add dev eth0 root tbf rate "$r" burst "$BURST" limit "$QLIMIT"
   tc -n "$BRNS" qdisc add dev "v$i" root tbf rate "$r" burst "$BURST" limit "$QLIMIT"
 done
