@@ -6,6 +6,7 @@ use crate::store::Repository;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum NodeCommand {
@@ -212,9 +213,20 @@ pub struct StatusArgs {
     node: Option<PathBuf>,
     #[command(flatten)]
     cluster: super::cluster::ClusterArgs,
+    /// With --cluster: how long to wait for each agent's answer, connection included, before reporting it
+    /// unreachable (seconds; agents answer at once, so this only holds the command up for those that do not).
+    #[arg(long, default_value_t = 2.0, value_parser = parse_timeout)]
+    timeout: f64,
     /// JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if (0.05..=3600.0).contains(&t) => Ok(t),
+        _ => Err(format!("{s:?} is not a number of seconds between 0.05 and 3600")),
+    }
 }
 
 #[derive(Serialize)]
@@ -241,7 +253,7 @@ struct Status {
 
 pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     if a.node.is_none() && a.cluster.cluster.is_some() {
-        return super::cluster::remote_status(&a.cluster, a.json);
+        return super::cluster::remote_status(&a.cluster, Duration::from_secs_f64(a.timeout), a.json);
     }
     let n = Node::open(local_node(&a.node)?)?;
     let active = n.active();

@@ -32,12 +32,32 @@ impl Dialer {
 
     /// Connects to a node, checking that its certificate carries its name.
     pub async fn connect(&self, node: &ClusterNode) -> Result<quinn::Connection, String> {
+        self.connect_tries(node, 1).await
+    }
+
+    /// [`Self::connect`], with up to `tries` attempts when one gets no answer in time (the node's link may be
+    /// saturated: its handshake packets wait in a full queue or are dropped). A refusal is final.
+    pub async fn connect_tries(&self, node: &ClusterNode, tries: u32) -> Result<quinn::Connection, String> {
         let addr = node.socket_addr()?;
-        let connecting = self
-            .endpoint
-            .connect_with(self.cfg.clone(), addr, &node.name)
-            .map_err(|e| format!("{} ({}): {e}", node.name, node.address))?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        let mut attempt = 1;
+        let outcome = loop {
+            let connecting = self
+                .endpoint
+                .connect_with(self.cfg.clone(), addr, &node.name)
+                .map_err(|e| format!("{} ({}): {e}", node.name, node.address))?;
+            match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                Err(_) if attempt < tries => {
+                    tracing::debug!(
+                        "{}: no answer within {} s, attempt {attempt}",
+                        node.name,
+                        CONNECT_TIMEOUT.as_secs()
+                    );
+                    attempt += 1;
+                }
+                r => break r,
+            }
+        };
+        match outcome {
             // The name was checked by TLS; the role must be a node's (an operator certificate issued under a
             // node's name must not pass for that node).
             Ok(Ok(c)) => match super::tls::PeerCert::of(&c) {
@@ -52,9 +72,13 @@ impl Dialer {
                 Err(e) => Err(format!("{} ({}): {e}", node.name, node.address)),
             },
             Ok(Err(e)) => Err(format!("{} ({}): {e}", node.name, node.address)),
-            Err(_) => {
-                Err(format!("{} ({}): no answer within {} s", node.name, node.address, CONNECT_TIMEOUT.as_secs()))
-            }
+            Err(_) => Err(format!(
+                "{} ({}): no answer within {} s{}",
+                node.name,
+                node.address,
+                CONNECT_TIMEOUT.as_secs(),
+                if tries > 1 { format!(", {tries} times") } else { String::new() }
+            )),
         }
     }
 
@@ -105,6 +129,17 @@ pub async fn recv(rx: &mut quinn::RecvStream) -> Result<Response, CallError> {
     match wire::read_msg::<Response, _>(rx, MAX_RESPONSE).await.map_err(|e| e.to_string())? {
         Response::Error { code, message } => Err(CallError { code: Some(code), message }),
         r => Ok(r),
+    }
+}
+
+/// [`recv`], with `None` when the stream ended cleanly (the peer finished it) rather than with an error.
+pub async fn recv_or_end(rx: &mut quinn::RecvStream) -> Result<Option<Response>, CallError> {
+    match wire::read_frame(rx, MAX_RESPONSE).await.map_err(|e| e.to_string())? {
+        None => Ok(None),
+        Some(body) => match wire::decode::<Response>(&body).map_err(|e| e.to_string())? {
+            Response::Error { code, message } => Err(CallError { code: Some(code), message }),
+            r => Ok(Some(r)),
+        },
     }
 }
 
@@ -164,8 +199,11 @@ pub async fn status_all(dialer: &Dialer, nodes: &[ClusterNode], timeout: Duratio
     for (i, n) in nodes.iter().enumerate() {
         let (d, n) = (dialer.clone(), n.clone());
         set.spawn(async move {
+            // A node whose link is saturated (a deploy in progress) may lose a handshake's packets: a fresh
+            // attempt after CONNECT_TIMEOUT, as long as the caller's timeout leaves room for one.
+            let tries = (timeout.as_secs_f64() / CONNECT_TIMEOUT.as_secs_f64()).ceil().max(1.0) as u32;
             let r = tokio::time::timeout(timeout, async {
-                let conn = d.connect(&n).await?;
+                let conn = d.connect_tries(&n, tries).await?;
                 match call(&conn, &Request::Status, timeout).await? {
                     Response::Status(s) => Ok(*s),
                     other => Err(format!("unexpected answer {}", kind(&other))),

@@ -641,7 +641,7 @@ fn status_names_the_agent_that_is_down_and_answers_quickly() {
         assert_eq!(e["error"].is_string(), down, "{}", o.dump());
         assert_eq!(e["status"].is_null(), down, "{}", o.dump());
     }
-    // Nodes are asked at once, each with less than a second to answer.
+    // Nodes are asked at once, each with 2 s to answer (`--timeout`).
     assert!(took < Duration::from_secs(3), "status took {took:?} for 4 nodes, one down");
 
     // The table says so too; asking the down node alone fails; the others alone succeed.
