@@ -939,9 +939,12 @@ impl Sched {
         let mut out = Vec::new();
         for &i in &self.flying {
             let iu = i as usize;
+            // `flying` may hold an index twice (asked, given back, asked again): asked twice in one batch,
+            // an honest peer would send it twice and be taken for a liar.
             if self.state[iu] == 2
                 && self.at[iu] != p as u32
                 && !self.again[iu]
+                && !out.contains(&i)
                 && !(sources_only && self.ccounts[iu] != 0)
                 && have.get(i)
                 && now_ms.saturating_sub(self.since[iu])

@@ -141,6 +141,36 @@ fn when_novel_chunks_stop_dwindling_any_stripe_is_asked() {
 }
 
 #[test]
+fn an_end_game_batch_never_asks_for_a_chunk_twice() {
+    // Chunks asked, given back (the batch failed), asked again: the end game must ask each once, or the
+    // honest peer answering both would be banned as a liar ("sent twice").
+    let n = 8;
+    let mut s = beside_two_full_peers(n);
+    let t = Instant::now();
+    let first = drain(&mut s, t);
+    for (p, batch, _) in &first {
+        s.requeue(*p, batch);
+        s.finished(*p, false, Duration::ZERO, Outcome::Got);
+    }
+    let second = drain(&mut s, t);
+    assert_eq!(second.iter().map(|b| b.1.len()).sum::<usize>(), n as usize, "given back, not asked again");
+    for (p, _, e) in &second {
+        s.finished(*p, *e, Duration::ZERO, Outcome::Got);
+    }
+    s.typical = 1.0;
+    s.dirty.iter_mut().for_each(|d| *d = true);
+    let again = drain(&mut s, t + Duration::from_secs(3));
+    assert!(!again.is_empty(), "nothing late asked again");
+    for (_, batch, endgame) in &again {
+        assert!(*endgame);
+        let mut b = batch.clone();
+        b.sort_unstable();
+        b.dedup();
+        assert_eq!(b.len(), batch.len(), "a chunk asked twice in one batch: {batch:?}");
+    }
+}
+
+#[test]
 fn the_end_game_asks_again_elsewhere_only_what_is_late_and_only_once() {
     let n = 40;
     let mut s = beside_two_full_peers(n);
