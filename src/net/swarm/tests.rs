@@ -90,17 +90,40 @@ fn chunks_a_cohort_peer_has_are_not_asked_of_the_seed_while_some_are_novel() {
 }
 
 #[test]
-fn a_peer_that_cannot_be_reached_leaves_the_cohort_and_its_stripe_is_dealt_again() {
-    let n = 400;
-    let mut s = sched(n, "node02", &["build", "node01"], &["node01", "node02"]);
+fn a_named_peer_that_cannot_be_reached_keeps_its_stripe_until_it_is_an_orphan() {
+    // node02 of a cohort node01..node03 named in the order; node03 stages; node01's dials fail.
+    let n = 3000;
+    let mut s = sched(n, "node02", &["build", "node01", "node03"], &["node01", "node02", "node03"]);
     s.set_have(0, Some(full(n)), false);
+    s.set_have(2, Some(Bitmap::new(n)), true);
+    s.unreachable(1);
+    assert_eq!((s.k, s.rank), (3, 1), "the stripes were dealt again at the first failed dial");
+    for i in (0..n).filter(|i| i % 3 == 1) {
+        assert!(s.complete(i));
+    }
+    let now = Instant::now();
+    let asked = |s: &mut Sched| -> Vec<u32> {
+        let got = drain(s, now);
+        for (p, _, _) in &got {
+            s.finished(*p, false, Duration::from_millis(10), Outcome::Got);
+        }
+        got.into_iter().flat_map(|b| b.1).collect()
+    };
+    // Its own stripe done: only the next one (node03's) at first.
+    let first = asked(&mut s);
+    assert!(!first.is_empty() && first.iter().all(|i| i % 3 == 2), "{:?}", &first[..first.len().min(8)]);
+    // Unreachable for longer than ORPHAN_AFTER: node01's stripe falls to the first stager, node02.
+    s.absent_since[1] = Some(now - ORPHAN_AFTER - Duration::from_millis(1));
+    s.recount_orphans(now);
+    let orphan: Vec<u32> = asked(&mut s).into_iter().filter(|i| i % 3 != 2).collect();
+    assert!(!orphan.is_empty(), "node01's stripe not asked once it is an orphan");
+    assert!(orphan.iter().all(|i| i % 3 == 0) && orphan[0] == 2997, "{:?}", &orphan[..orphan.len().min(8)]);
+    // A peer the operator did not name leaves the cohort at once.
+    let mut s = sched(n, "node02", &["build", "node01"], &[]);
+    s.set_have(1, Some(Bitmap::new(n)), true);
     assert_eq!((s.k, s.rank), (2, 1));
     s.unreachable(1);
-    assert_eq!((s.k, s.rank), (1, 0), "an unreachable peer still counted in the cohort");
-    let got = drain(&mut s, Instant::now());
-    let asked: usize = got.iter().map(|b| b.1.len()).sum();
-    assert!(got.iter().flat_map(|b| b.1.iter()).any(|i| i % 2 == 0), "node01's stripe is not asked now");
-    assert!(asked > 0);
+    assert_eq!((s.k, s.rank), (1, 0), "an unreachable peer not named in the order still counted");
 }
 
 #[test]
@@ -115,6 +138,50 @@ fn a_peer_not_found_yet_stays_in_the_cohort_the_operator_named() {
     assert_eq!((s.k, s.rank), (2, 1));
     s.left_cohort(1);
     assert_eq!(s.k, 1, "a peer whose staging ended is still in the cohort");
+}
+
+#[test]
+fn the_stripes_of_named_nodes_that_do_not_stage_are_dealt_out_among_those_that_do() {
+    // node02 of a cohort node01..node05 named in the order: node01 and node03 stage, node04 and node05 say they
+    // do not know the release (their order was lost). Stripes: i mod 5 = rank.
+    let n = 5000;
+    let names = ["build", "node01", "node03", "node04", "node05"];
+    let mut s = sched(n, "node02", &names, &["node01", "node02", "node03", "node04", "node05"]);
+    s.set_have(0, Some(full(n)), false);
+    s.set_have(1, Some(Bitmap::new(n)), true);
+    s.set_have(2, Some(Bitmap::new(n)), true);
+    s.not_found(3);
+    s.not_found(4);
+    assert_eq!((s.k, s.rank), (5, 1));
+    for i in (0..n).filter(|i| i % 5 == 1) {
+        assert!(s.complete(i));
+    }
+    let now = Instant::now();
+    let asked = |s: &mut Sched| -> Vec<u32> {
+        let got = drain(s, now);
+        for (p, _, _) in &got {
+            s.finished(*p, false, Duration::from_millis(10), Outcome::Got);
+        }
+        got.into_iter().flat_map(|b| b.1).collect()
+    };
+    // Just absent (they may still be fetching the manifests): only the next stripe, node03's.
+    let first = asked(&mut s);
+    assert!(!first.is_empty() && first.iter().all(|i| i % 5 == 2), "{:?}", &first[..first.len().min(8)]);
+    // Absent for longer than ORPHAN_AFTER: orphans. Their stripes (3 and 4) dealt in turn to the stagers in
+    // rank order (node01, node02, node03): node04's to node01, node05's to node02, from its far end.
+    for p in [3, 4] {
+        s.absent_since[p] = Some(now - ORPHAN_AFTER - Duration::from_millis(1));
+    }
+    s.recount_orphans(now);
+    let second = asked(&mut s);
+    let orphan: Vec<u32> = second.iter().copied().filter(|i| i % 5 != 2).collect();
+    assert!(!orphan.is_empty(), "node05's stripe not asked");
+    assert!(orphan.iter().all(|i| i % 5 == 4), "a stripe not dealt to node02: {:?}", &orphan[..orphan.len().min(8)]);
+    assert_eq!(orphan[0], 4999, "from the far end (4999 mod 5 = 4)");
+    // node05 turns up and stages: its stripe is its own again.
+    s.set_have(4, Some(Bitmap::new(n)), true);
+    let third = asked(&mut s);
+    assert!(third.iter().all(|i| i % 5 == 2), "node05's stripe still helped: {:?}", &third[..third.len().min(8)]);
 }
 
 #[test]
