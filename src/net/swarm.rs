@@ -728,9 +728,18 @@ impl Sched {
         }
         let member = staging && bm.is_some() && !self.banned[p];
         self.cohort[p] = member;
-        if bm.is_some() {
-            // Its own word: it stages the release, or not.
-            self.ruled_out[p] = !staging;
+        if let Some(bm) = &bm {
+            // Its own word: it stages the release, or not. A peer the operator named that does not stage it
+            // yet and lacks some of it may be about to (it has the manifests, not yet its chunk list): it
+            // keeps its rank, and is an orphan if that lasts.
+            if staging {
+                self.ruled_out[p] = false;
+                self.absent_since[p] = None;
+            } else if self.expected[p] && bm.count() < self.list.len() as u32 {
+                self.absent_since[p].get_or_insert_with(Instant::now);
+            } else {
+                self.ruled_out[p] = true;
+            }
         }
         if let Some(bm) = &bm {
             for i in ones(bm) {
@@ -739,9 +748,6 @@ impl Sched {
                     self.ccounts[i as usize] = self.ccounts[i as usize].saturating_add(1);
                 }
             }
-        }
-        if self.haves[p].is_none() && bm.is_some() {
-            self.absent_since[p] = None;
         }
         self.haves[p] = bm;
         self.dirty[p] = true;

@@ -131,6 +131,12 @@ fn a_peer_not_found_yet_stays_in_the_cohort_the_operator_named() {
     let mut s = sched(100, "node02", &["build", "node01"], &["node01", "node02"]);
     s.not_found(1);
     assert_eq!(s.k, 2, "a peer named in the order that has not started yet left the cohort");
+    // It has the manifests and part of the release, and does not stage it yet: still in.
+    s.set_have(1, Some(bits(100, |i| i < 10)), false);
+    assert_eq!(s.k, 2, "a named peer about to stage left the cohort");
+    // It has all of it and does not stage it: a source, out.
+    s.set_have(1, Some(full(100)), false);
+    assert_eq!((s.k, s.rank), (1, 0), "a named peer with the whole release, not staging, still counted");
     // A peer the operator did not name is in the cohort only once it says it stages.
     let mut s = sched(100, "node02", &["build", "node01"], &[]);
     assert_eq!(s.k, 1);
