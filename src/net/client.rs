@@ -126,10 +126,9 @@ impl From<CallError> for String {
 
 /// Reads the next response; an `Error` response becomes `Err` with its code.
 pub async fn recv(rx: &mut quinn::RecvStream) -> Result<Response, CallError> {
-    match wire::read_msg::<Response, _>(rx, MAX_RESPONSE).await.map_err(|e| e.to_string())? {
-        Response::Error { code, message } => Err(CallError { code: Some(code), message }),
-        r => Ok(r),
-    }
+    recv_or_end(rx)
+        .await?
+        .ok_or_else(|| wire::FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()).to_string().into())
 }
 
 /// [`recv`], with `None` when the stream ended cleanly (the peer finished it) rather than with an error.
@@ -196,12 +195,12 @@ pub struct NodeReport {
 /// Asks every node for its status, all at once; each has `timeout` to answer.
 pub async fn status_all(dialer: &Dialer, nodes: &[ClusterNode], timeout: Duration) -> Vec<NodeReport> {
     let mut set = tokio::task::JoinSet::new();
+    // A node whose link is saturated (a deploy in progress) may lose a handshake's packets: a fresh attempt
+    // after CONNECT_TIMEOUT, as long as the caller's timeout leaves room for one.
+    let tries = (timeout.as_secs_f64() / CONNECT_TIMEOUT.as_secs_f64()).ceil().max(1.0) as u32;
     for (i, n) in nodes.iter().enumerate() {
         let (d, n) = (dialer.clone(), n.clone());
         set.spawn(async move {
-            // A node whose link is saturated (a deploy in progress) may lose a handshake's packets: a fresh
-            // attempt after CONNECT_TIMEOUT, as long as the caller's timeout leaves room for one.
-            let tries = (timeout.as_secs_f64() / CONNECT_TIMEOUT.as_secs_f64()).ceil().max(1.0) as u32;
             let r = tokio::time::timeout(timeout, async {
                 let conn = d.connect_tries(&n, tries).await?;
                 match call(&conn, &Request::Status, timeout).await? {

@@ -759,15 +759,20 @@ impl Sched {
     /// operator named with it that have not been ruled out yet (they may still be fetching the manifests).
     fn recount_cohort(&mut self) {
         let names = &self.names;
-        let member = |q: usize| !self.banned[q] && (self.cohort[q] || (self.expected[q] && !self.ruled_out[q]));
         let (k, rank) = (0..names.len())
-            .filter(|&q| member(q))
+            .filter(|&q| self.member(q))
             .fold((1u32, 0u32), |(k, r), q| (k + 1, r + u32::from(names[q] < self.me)));
         if (k, rank) != (self.k, self.rank) {
             (self.k, self.rank) = (k, rank);
             self.dirty.iter_mut().for_each(|d| *d = true);
         }
         self.recount_orphans(Instant::now());
+    }
+
+    /// Peer `q` counts in the cohort: it said it stages the release, or the operator named it and it has not
+    /// been ruled out.
+    fn member(&self, q: usize) -> bool {
+        !self.banned[q] && (self.cohort[q] || (self.expected[q] && !self.ruled_out[q]))
     }
 
     /// Which orphans' stripes this node helps with. The cohort in rank order; the orphans' stripes, in that
@@ -779,10 +784,9 @@ impl Sched {
     /// build host sent 3.6 times the release and the others waited for minutes.
     fn recount_orphans(&mut self, now: Instant) {
         let names = &self.names;
-        let member = |q: usize| !self.banned[q] && (self.cohort[q] || (self.expected[q] && !self.ruled_out[q]));
         // (name, Some(peer) or None for this node), in rank order.
         let mut ring: Vec<(&str, Option<usize>)> =
-            (0..names.len()).filter(|&q| member(q)).map(|q| (names[q].as_str(), Some(q))).collect();
+            (0..names.len()).filter(|&q| self.member(q)).map(|q| (names[q].as_str(), Some(q))).collect();
         ring.push((self.me.as_str(), None));
         ring.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let staging = |m: &Option<usize>| m.is_none_or(|q| self.cohort[q]);
@@ -934,9 +938,9 @@ impl Sched {
             let seed_phase = source && self.novel > 0;
             let helping = now.saturating_duration_since(self.novel_moved) >= HELP_AFTER;
             // A sample from a random start; for a source the whole list in order (its candidates are sparse,
-            // and a stripe is asked from its start while its helper asks from its end).
-            // When every node helps with any stripe, each starts at its own place (its rank's share of the
-            // list): from the start, they would all ask a source for the same chunks at once.
+            // and a stripe is asked from its start while its helper asks from its end), from its start — or,
+            // when every node helps with any stripe, from each node's own place (its rank's share of the list):
+            // from the start, they would all ask a source for the same chunks at once.
             let scan = if seed_phase { n } else { n.min(16_384) };
             let start = match (seed_phase, helping) {
                 (true, false) => 0,

@@ -52,6 +52,24 @@ fn drain(s: &mut Sched, now: Instant) -> Vec<(usize, Vec<u32>, bool)> {
     out
 }
 
+/// Takes every batch `next` gives now and answers each at once: the chunks asked, in order. (Answered batches
+/// free their peer; the chunks stay in flight, as nothing is received.)
+fn ask_all(s: &mut Sched, now: Instant) -> Vec<u32> {
+    let got = drain(s, now);
+    for (p, _, _) in &got {
+        s.finished(*p, false, Duration::from_millis(10), Outcome::Got);
+    }
+    got.into_iter().flat_map(|b| b.1).collect()
+}
+
+/// Peers `ps` have been absent (not found or unreachable) for longer than `ORPHAN_AFTER` at `now`.
+fn orphaned(s: &mut Sched, ps: &[usize], now: Instant) {
+    for &p in ps {
+        s.absent_since[p] = Some(now - ORPHAN_AFTER - Duration::from_millis(1));
+    }
+    s.recount_orphans(now);
+}
+
 #[test]
 fn from_a_source_a_node_asks_only_for_its_stripe_of_the_novel_chunks() {
     // node02 of a cohort {node01, node02, node03} (named in the order), the seed has everything.
@@ -102,20 +120,12 @@ fn a_named_peer_that_cannot_be_reached_keeps_its_stripe_until_it_is_an_orphan() 
         assert!(s.complete(i));
     }
     let now = Instant::now();
-    let asked = |s: &mut Sched| -> Vec<u32> {
-        let got = drain(s, now);
-        for (p, _, _) in &got {
-            s.finished(*p, false, Duration::from_millis(10), Outcome::Got);
-        }
-        got.into_iter().flat_map(|b| b.1).collect()
-    };
     // Its own stripe done: only the next one (node03's) at first.
-    let first = asked(&mut s);
+    let first = ask_all(&mut s, now);
     assert!(!first.is_empty() && first.iter().all(|i| i % 3 == 2), "{:?}", &first[..first.len().min(8)]);
     // Unreachable for longer than ORPHAN_AFTER: node01's stripe falls to the first stager, node02.
-    s.absent_since[1] = Some(now - ORPHAN_AFTER - Duration::from_millis(1));
-    s.recount_orphans(now);
-    let orphan: Vec<u32> = asked(&mut s).into_iter().filter(|i| i % 3 != 2).collect();
+    orphaned(&mut s, &[1], now);
+    let orphan: Vec<u32> = ask_all(&mut s, now).into_iter().filter(|i| i % 3 != 2).collect();
     assert!(!orphan.is_empty(), "node01's stripe not asked once it is an orphan");
     assert!(orphan.iter().all(|i| i % 3 == 0) && orphan[0] == 2997, "{:?}", &orphan[..orphan.len().min(8)]);
     // A peer the operator did not name leaves the cohort at once.
@@ -163,30 +173,20 @@ fn the_stripes_of_named_nodes_that_do_not_stage_are_dealt_out_among_those_that_d
         assert!(s.complete(i));
     }
     let now = Instant::now();
-    let asked = |s: &mut Sched| -> Vec<u32> {
-        let got = drain(s, now);
-        for (p, _, _) in &got {
-            s.finished(*p, false, Duration::from_millis(10), Outcome::Got);
-        }
-        got.into_iter().flat_map(|b| b.1).collect()
-    };
     // Just absent (they may still be fetching the manifests): only the next stripe, node03's.
-    let first = asked(&mut s);
+    let first = ask_all(&mut s, now);
     assert!(!first.is_empty() && first.iter().all(|i| i % 5 == 2), "{:?}", &first[..first.len().min(8)]);
     // Absent for longer than ORPHAN_AFTER: orphans. Their stripes (3 and 4) dealt in turn to the stagers in
     // rank order (node01, node02, node03): node04's to node01, node05's to node02, from its far end.
-    for p in [3, 4] {
-        s.absent_since[p] = Some(now - ORPHAN_AFTER - Duration::from_millis(1));
-    }
-    s.recount_orphans(now);
-    let second = asked(&mut s);
+    orphaned(&mut s, &[3, 4], now);
+    let second = ask_all(&mut s, now);
     let orphan: Vec<u32> = second.iter().copied().filter(|i| i % 5 != 2).collect();
     assert!(!orphan.is_empty(), "node05's stripe not asked");
     assert!(orphan.iter().all(|i| i % 5 == 4), "a stripe not dealt to node02: {:?}", &orphan[..orphan.len().min(8)]);
     assert_eq!(orphan[0], 4999, "from the far end (4999 mod 5 = 4)");
     // node05 turns up and stages: its stripe is its own again.
     s.set_have(4, Some(Bitmap::new(n)), true);
-    let third = asked(&mut s);
+    let third = ask_all(&mut s, now);
     assert!(third.iter().all(|i| i % 5 == 2), "node05's stripe still helped: {:?}", &third[..third.len().min(8)]);
 }
 
