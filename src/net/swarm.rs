@@ -615,6 +615,9 @@ struct Sched {
     /// Chunks asked, by kind of pick: own stripe from sources, other stripes from sources (helping), rarest from
     /// cohort peers, rarest from sources, end game. For the log.
     picks: [u64; 5],
+    /// Chunks given back (asked, not received: a busy or failed peer, a short answer), to be asked again: the
+    /// picks above count those twice. For the log.
+    given_back: u64,
     /// When no chunk was novel any more (ms since `t0`).
     novel_gone: Option<u32>,
 }
@@ -695,6 +698,7 @@ impl Sched {
             t0: now,
             last_progress: now,
             picks: [0; 5],
+            given_back: 0,
             novel_gone: None,
         };
         s.recount_cohort();
@@ -763,6 +767,7 @@ impl Sched {
             .filter(|&q| self.member(q))
             .fold((1u32, 0u32), |(k, r), q| (k + 1, r + u32::from(names[q] < self.me)));
         if (k, rank) != (self.k, self.rank) {
+            tracing::debug!("cohort: {k} members (was {}), rank {rank} (was {})", self.k, self.rank);
             (self.k, self.rank) = (k, rank);
             self.dirty.iter_mut().for_each(|d| *d = true);
         }
@@ -1130,12 +1135,41 @@ impl Sched {
                 self.at[iu] = NOBODY;
                 self.again[iu] = false;
                 self.needed += 1;
+                self.given_back += 1;
                 any = true;
             }
         }
         if any {
             self.dirty.iter_mut().for_each(|d| *d = true);
         }
+    }
+
+    /// What the last 5% of the chunks wait for, for a trace log line every 250 ms: how many are not asked yet and
+    /// how many peers have those, the chunks in flight at each peer, peers backing off.
+    fn tail(&self, batches: usize) -> Option<String> {
+        if self.remaining == 0 || self.remaining * 20 > self.list.len() {
+            return None;
+        }
+        let still = |want: u8| self.order.iter().copied().filter(move |&i| self.state[i as usize] == want);
+        let mut holders: Vec<u16> = still(1).map(|i| self.counts[i as usize]).collect();
+        holders.sort_unstable();
+        let mut at_peer = std::collections::BTreeMap::<&str, u32>::new();
+        for i in still(2) {
+            if let Some(name) = self.names.get(self.at[i as usize] as usize) {
+                *at_peer.entry(name).or_default() += 1;
+            }
+        }
+        let now = Instant::now();
+        let backing_off = self.not_before.iter().filter(|t| t.is_some_and(|t| t > now)).count();
+        Some(format!(
+            "tail: {} chunks to get, {} not asked (holders: fewest {:?}, median {:?}); in flight at {at_peer:?} in {batches} batches; {backing_off} peers backing off; {} novel; typical batch {:.2} s",
+            self.remaining,
+            self.needed,
+            holders.first(),
+            holders.get(holders.len() / 2),
+            self.novel,
+            self.typical
+        ))
     }
 
     /// Returns whether the chunk was still to get.
@@ -1256,6 +1290,11 @@ async fn fetch(
                 s.novel as u64,
             )
         };
+        if tracing::enabled!(tracing::Level::TRACE) {
+            if let Some(t) = swarm.sched().tail(batches.len()) {
+                tracing::trace!("{t}");
+            }
+        }
         let bytes = swarm.bytes.load(Relaxed);
         window.push_back((Instant::now(), bytes));
         while window.len() > 12 {
@@ -1295,12 +1334,13 @@ async fn fetch(
     {
         let s = swarm.sched();
         tracing::info!(
-            "chunks asked: {} own stripe and {} others' from sources, {} from the cohort, {} from sources after, {} again in the end game; all in the cohort at {:.1} s; typical batch {:.2} s",
+            "chunks asked: {} own stripe and {} others' from sources, {} from the cohort, {} from sources after, {} again in the end game ({} of these asked again after a busy, failed or short answer); all in the cohort at {:.1} s; typical batch {:.2} s",
             s.picks[0],
             s.picks[1],
             s.picks[2],
             s.picks[3],
             s.picks[4],
+            s.given_back,
             f64::from(s.novel_gone.unwrap_or(0)) / 1000.0,
             s.typical
         );

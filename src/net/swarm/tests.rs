@@ -293,8 +293,24 @@ fn a_failed_batch_is_needed_again_and_its_peer_waits() {
     s.requeue(p, &batch);
     s.finished(p, e, Duration::from_millis(10), Outcome::Failed);
     assert_eq!(s.needed, needed + batch.len());
+    assert_eq!(s.given_back, batch.len() as u64, "the log counts what is asked again");
     assert!(s.next(t).is_none(), "a peer that just failed is asked again at once");
     assert!(s.next(t + Duration::from_secs(1)).is_some(), "a failed peer is never asked again");
+}
+
+#[test]
+fn the_tail_trace_says_what_the_last_chunks_wait_for() {
+    let n = 100;
+    let mut s = beside_two_full_peers(n);
+    assert!(s.tail(0).is_none(), "traced only for the last 5% of the chunks");
+    for i in 0..96 {
+        assert!(s.complete(i));
+    }
+    let (p, batch, _) = s.next(Instant::now()).expect("a batch");
+    let t = s.tail(1).expect("4 of 100 chunks left");
+    let name = ["node01", "node02"][p];
+    assert!(t.starts_with(&format!("tail: 4 chunks to get, {} not asked", 4 - batch.len())), "{t}");
+    assert!(t.contains(&format!("{name:?}: {}", batch.len())), "{t}");
 }
 
 #[test]
