@@ -38,6 +38,11 @@
 # interrupt. Every wait is bounded. Packages (Debian): iproute2, curl, python3; for the aria2 row aria2,
 # mktorrent, opentracker; b3sum optional. Missing ones are installed with apt-get once (the only network use;
 # --no-install to forbid it); a row whose tools cannot be had is printed as skipped, with the reason.
+#
+# Diagnostics (environment): QPACK_AGENT_LOG the agents' log filter (default info; e.g.
+# info,qpack::net::swarm=trace for the cohort changes and a line every 250 ms about the last 5% of the chunks;
+# with --keep the logs stay in hosts/*/agent.log), FANOUT_TIMELINE=FILE the links' use every 0.5 s during the
+# deploy, FANOUT_PERF=FILE a whole-machine perf profile of it.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
