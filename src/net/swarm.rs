@@ -1277,7 +1277,7 @@ async fn fetch(
             _ = swarm.wake.notified() => continue,
             _ = tick.tick() => {}
         }
-        let (remaining, stalled, all_banned, peers_now, novel) = {
+        let (remaining, stalled, all_banned, peers_now, novel, tail) = {
             let mut s = swarm.sched();
             // Time-based rules (end game, help, orphans, back-off) may have opened new picks.
             s.recount_orphans(Instant::now());
@@ -1288,12 +1288,11 @@ async fn fetch(
                 s.banned.iter().all(|&b| b),
                 s.inflight.iter().filter(|&&n| n > 0).count() as u32,
                 s.novel as u64,
+                tracing::enabled!(tracing::Level::TRACE).then(|| s.tail(batches.len())).flatten(),
             )
         };
-        if tracing::enabled!(tracing::Level::TRACE) {
-            if let Some(t) = swarm.sched().tail(batches.len()) {
-                tracing::trace!("{t}");
-            }
+        if let Some(t) = tail {
+            tracing::trace!("{t}");
         }
         let bytes = swarm.bytes.load(Relaxed);
         window.push_back((Instant::now(), bytes));
