@@ -72,6 +72,7 @@ pub fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
             _ = term.recv() => tracing::info!("terminated; stopping"),
         }
+        tracing::info!("{}", agent.wire_summary());
         anyhow::Ok(())
     })?;
     // Staging threads may still hold blocking work: what they committed is durable; leave at once.

@@ -288,6 +288,40 @@ impl Agent {
         }
     }
 
+    /// What the wire cost, from QUIC's own counters summed over this agent's open connections (both ways):
+    /// bytes and datagrams sent, packets lost (retransmitted) and congestion events, against the chunk bytes
+    /// served. Logged when the agent stops; a lab reads it to split a link's bytes into payload and overhead.
+    pub fn wire_summary(&self) -> String {
+        let mut conns: Vec<quinn::Connection> = Vec::new();
+        {
+            let g = self.conns_by_peer.lock().unwrap_or_else(|e| e.into_inner());
+            conns.extend(g.1.values().flatten().map(|(_, c)| c.clone()));
+        }
+        // A slot locked right now (a dial in progress) is skipped: this is a diagnostic, not an account.
+        conns.extend(self.conns.values().filter_map(|s| s.try_lock().ok().and_then(|g| g.clone())));
+        let (mut tx, mut dg, mut pk, mut lost, mut lost_b, mut cong, mut rx) =
+            (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+        for c in &conns {
+            let s = c.stats();
+            tx += s.udp_tx.bytes;
+            dg += s.udp_tx.datagrams;
+            pk += s.path.sent_packets;
+            lost += s.path.lost_packets;
+            lost_b += s.path.lost_bytes;
+            cong += s.path.congestion_events;
+            rx += s.udp_rx.bytes;
+        }
+        let served = self.served.load(Relaxed);
+        format!(
+            "QUIC on {} open connections: sent {tx} bytes (UDP payloads) in {dg} datagrams, {pk} packets of which \
+             {lost} lost ({:.1}%, {lost_b} bytes) in {cong} congestion events; received {rx} bytes; chunk bytes \
+             served {served} (sent/served {:.3})",
+            conns.len(),
+            100.0 * lost as f64 / pk.max(1) as f64,
+            tx as f64 / served.max(1) as f64,
+        )
+    }
+
     /// Serves until the process is stopped; also converges to the desired file if one is configured.
     pub async fn serve(self: Arc<Self>, desired: Option<std::path::PathBuf>) -> anyhow::Result<()> {
         let ep = self.endpoint.clone().ok_or_else(|| anyhow::anyhow!("this agent does not listen"))?;
