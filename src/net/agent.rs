@@ -95,6 +95,8 @@ pub struct Agent {
     pub(crate) pending: Mutex<HashMap<ChunkId, Arc<Vec<u8>>>>,
     /// Verified manifest files of the staging not yet committed: served from here meanwhile.
     pub(crate) pending_manifests: Mutex<HashMap<ManifestId, Arc<Vec<u8>>>>,
+    /// What each peer is known to answer to `GetManifestZstd` (absent: not known yet).
+    manifest_zstd: Mutex<HashMap<String, ZstdSupport>>,
     /// Rung when a manifest arrives (or will not).
     pub(crate) manifest_news: tokio::sync::Notify,
     lists: Mutex<Vec<(ReleaseId, Arc<ChunkList>)>>,
@@ -199,6 +201,7 @@ impl Agent {
             banned: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             pending_manifests: Mutex::new(HashMap::new()),
+            manifest_zstd: Mutex::default(),
             manifest_news: tokio::sync::Notify::new(),
             lists: Mutex::new(Vec::new()),
             job: Mutex::new(None),
@@ -465,6 +468,17 @@ impl Agent {
             Request::GetManifest { id } => {
                 let bytes = self.manifest_bytes(id).await?;
                 tx.write_all(&send(Response::Manifest { bytes })).await.map_err(|e| io(e.into()))
+            }
+            Request::GetManifestZstd { .. } if self.faults.no_manifest_zstd => {
+                Err((E_MALFORMED, "unknown request (variant 8): this agent predates GetManifestZstd".into()))
+            }
+            Request::GetManifestZstd { id } => {
+                let bytes = self.manifest_bytes(id).await?;
+                let frame = Self::blocking(move || {
+                    zstd::bulk::compress(&bytes, wire::MANIFEST_ZSTD_LEVEL).map_err(|e| (E_INTERNAL, e.to_string()))
+                })
+                .await?;
+                tx.write_all(&send(Response::ManifestZstd { frame })).await.map_err(|e| io(e.into()))
             }
             Request::Subscribe { release } => self.subscribe(release, tx).await,
             Request::GetChunks { release, indices } => self.get_chunks(peer, release, indices, tx).await,
@@ -1058,6 +1072,87 @@ pub(crate) fn decode_manifest(id: &ManifestId, bytes: &[u8]) -> Result<PartManif
         return Err("content does not hash to its id".into());
     }
     PartManifest::decode(bytes).map_err(|e| e.to_string())
+}
+
+/// What asking a peer for a manifest gave.
+pub(crate) enum ManifestAnswer {
+    /// The manifest, checked against its id, and its file.
+    Good(PartManifest, Vec<u8>),
+    /// The peer sent bytes that are not that manifest (to be banned): why.
+    Bad(String),
+    /// No manifest: the call's error (with its code, "(error N)") or an unexpected answer.
+    Failed(String),
+}
+
+/// Whether a peer answers `GetManifestZstd`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ZstdSupport {
+    /// One request is finding out; the others ask `GetManifest` meanwhile.
+    Probing,
+    Yes,
+    /// It predates it (answered `E_MALFORMED`).
+    No,
+}
+
+/// Asks `peer` (on `conn`) for a manifest, compressed (`GetManifestZstd`) once the peer is known to take that.
+/// The first request to a peer finds out while any others go uncompressed, so that a peer that predates it gets
+/// one request it cannot read, not a burst of them (an agent closes a connection at the third), and nothing
+/// waits on the answer. A peer that predates it is asked `GetManifest` at once, and from then on.
+pub(crate) async fn ask_manifest(
+    agent: &Agent,
+    peer: &str,
+    conn: &quinn::Connection,
+    id: &ManifestId,
+    wait: Duration,
+) -> ManifestAnswer {
+    let cap = crate::manifest::MAX_MANIFEST_BYTES + 64;
+    let (zstd, probe) = {
+        let mut known = agent.manifest_zstd.lock().unwrap_or_else(|e| e.into_inner());
+        match known.get(peer) {
+            Some(ZstdSupport::Yes) => (true, false),
+            Some(_) => (false, false),
+            None => {
+                known.insert(peer.to_string(), ZstdSupport::Probing);
+                (true, true)
+            }
+        }
+    };
+    let req = if zstd { Request::GetManifestZstd { id: *id } } else { Request::GetManifest { id: *id } };
+    let mut answer = client::call_capped(conn, &req, wait, cap).await;
+    if probe {
+        // Any answer but E_MALFORMED means the request was read; no answer at all says nothing.
+        let learned = match &answer {
+            Err(e) if e.contains(&format!("(error {E_MALFORMED})")) => Some(ZstdSupport::No),
+            Err(e) if !e.contains("(error ") => None,
+            _ => Some(ZstdSupport::Yes),
+        };
+        {
+            let mut known = agent.manifest_zstd.lock().unwrap_or_else(|e| e.into_inner());
+            match learned {
+                Some(z) => known.insert(peer.to_string(), z),
+                None => known.remove(peer),
+            };
+        }
+        if learned == Some(ZstdSupport::No) {
+            tracing::info!("{peer} predates GetManifestZstd: manifests are asked of it uncompressed");
+            answer = client::call_capped(conn, &Request::GetManifest { id: *id }, wait, cap).await;
+        }
+    }
+    let bytes = match answer {
+        Ok(Response::Manifest { bytes }) => bytes,
+        Ok(Response::ManifestZstd { frame }) => {
+            match wire::unzstd_capped(&frame, crate::manifest::MAX_MANIFEST_BYTES) {
+                Ok(b) => b,
+                Err(e) => return ManifestAnswer::Bad(e),
+            }
+        }
+        Ok(other) => return ManifestAnswer::Failed(format!("unexpected {}", client::kind(&other))),
+        Err(e) => return ManifestAnswer::Failed(e),
+    };
+    match decode_manifest(id, &bytes) {
+        Ok(m) => ManifestAnswer::Good(m, bytes),
+        Err(e) => ManifestAnswer::Bad(e),
+    }
 }
 
 /// Checks a release received from a peer: its id, its name, and a trusted signature.

@@ -252,5 +252,6 @@ pub fn kind(r: &Response) -> &'static str {
         Response::Staged(_) => "Staged",
         Response::Switched(_) => "Switched",
         Response::Status(_) => "Status",
+        Response::ManifestZstd { .. } => "ManifestZstd",
     }
 }

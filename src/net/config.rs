@@ -199,6 +199,9 @@ pub struct Faults {
     /// Answer every `GetChunks` with `End` alone: a peer that announces chunks and never gives them.
     #[serde(default)]
     pub withhold_chunks: bool,
+    /// Answer `GetManifestZstd` as an agent older than it does (`E_MALFORMED`).
+    #[serde(default)]
+    pub no_manifest_zstd: bool,
 }
 
 /// An agent's config file.

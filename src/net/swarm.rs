@@ -18,7 +18,7 @@
 //! that sends one bad chunk is avoided. Verified chunks are served at once from memory and committed to the
 //! repository every few seconds, so a restarted agent resumes with what it had verified.
 
-use super::agent::{ask_release, check_release, decode_manifest, Agent, Job};
+use super::agent::{ask_manifest, ask_release, check_release, Agent, Job, ManifestAnswer};
 use super::client;
 use super::config::ClusterNode;
 use super::wire::{Bitmap, Request, Response, Staged, E_BUSY, E_NOT_FOUND, MAX_BATCH};
@@ -398,21 +398,18 @@ async fn fetch_manifest_from_owner(
     id: &crate::id::ManifestId,
 ) -> Option<(PartManifest, Vec<u8>)> {
     let deadline = Instant::now() + OWNER_WAIT;
-    let cap = crate::manifest::MAX_MANIFEST_BYTES + 64;
     while Instant::now() < deadline && !agent.is_banned(&owner.name) {
         let conn = agent.conn(owner).await.ok()?;
         let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
         let asked = Instant::now();
-        match client::call_capped(&conn, &Request::GetManifest { id: *id }, wait, cap).await {
-            Ok(Response::Manifest { bytes }) => match decode_manifest(id, &bytes) {
-                Ok(m) => return Some((m, bytes)),
-                Err(e) => {
-                    agent.ban(&owner.name, &format!("a bad manifest ({e})")).await;
-                    return None;
-                }
-            },
+        match ask_manifest(agent, &owner.name, &conn, id, wait).await {
+            ManifestAnswer::Good(m, bytes) => return Some((m, bytes)),
+            ManifestAnswer::Bad(e) => {
+                agent.ban(&owner.name, &format!("a bad manifest ({e})")).await;
+                return None;
+            }
             // Answered at once: it has not started staging yet. After a wait: it did not get it.
-            Err(e) if e.contains(&format!("(error {E_NOT_FOUND})")) => {
+            ManifestAnswer::Failed(e) if e.contains(&format!("(error {E_NOT_FOUND})")) => {
                 if asked.elapsed() > Duration::from_millis(500) {
                     return None;
                 }
@@ -437,17 +434,13 @@ async fn fetch_manifest(agent: &Arc<Agent>, id: &crate::id::ManifestId) -> Resul
                 continue;
             }
         };
-        let cap = crate::manifest::MAX_MANIFEST_BYTES + 64;
-        match client::call_capped(&conn, &Request::GetManifest { id: *id }, Duration::from_secs(60), cap).await {
-            Ok(Response::Manifest { bytes }) => match decode_manifest(id, &bytes) {
-                Ok(m) => return Ok((m, bytes)),
-                Err(e) => {
-                    agent.ban(&p.name, &format!("a bad manifest ({e})")).await;
-                    why.push(format!("{}: {e}", p.name));
-                }
-            },
-            Ok(other) => why.push(format!("{}: unexpected {}", p.name, client::kind(&other))),
-            Err(e) => why.push(format!("{}: {e}", p.name)),
+        match ask_manifest(agent, &p.name, &conn, id, Duration::from_secs(60)).await {
+            ManifestAnswer::Good(m, bytes) => return Ok((m, bytes)),
+            ManifestAnswer::Bad(e) => {
+                agent.ban(&p.name, &format!("a bad manifest ({e})")).await;
+                why.push(format!("{}: {e}", p.name));
+            }
+            ManifestAnswer::Failed(e) => why.push(format!("{}: {e}", p.name)),
         }
     }
     Err(format!("no peer gave manifest {id}: {}", why.join("; ")))

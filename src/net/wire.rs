@@ -55,6 +55,13 @@ pub enum Request {
     Rollback,
     /// The node's state. Any role.
     Status,
+    /// A part manifest file as one zstd frame (answer `ManifestZstd`): manifests are half paths, which
+    /// compress. Any role. Added within `qpack/1` (`PROTOCOL.md`, "Versioning"): an agent older than it answers
+    /// `Error { E_MALFORMED }`, and the client then asks it `GetManifest`.
+    GetManifestZstd {
+        /// Its id (of the uncompressed file).
+        id: ManifestId,
+    },
 }
 
 /// A response frame.
@@ -117,6 +124,31 @@ pub enum Response {
     Switched(Switched),
     /// Answer to `Status`.
     Status(Box<NodeStatus>),
+    /// Answer to `GetManifestZstd`: the manifest file (`QPKM`) compressed as one zstd frame.
+    ManifestZstd {
+        /// The frame.
+        #[serde(with = "serde_bytes")]
+        frame: Vec<u8>,
+    },
+}
+
+/// The zstd level of `ManifestZstd` (the one of chunks: fast, and most of the gain).
+pub const MANIFEST_ZSTD_LEVEL: i32 = 3;
+/// The largest zstd window a `ManifestZstd` frame may ask for (8 MiB; level 3 uses at most 2 MiB).
+const MANIFEST_ZSTD_WINDOW_LOG: u32 = 23;
+
+/// The content of a `ManifestZstd` frame, if it decompresses to at most `cap` bytes within a bounded window:
+/// a peer's bytes, so a frame that would expand past the cap is refused while it expands, not after.
+pub fn unzstd_capped(frame: &[u8], cap: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut d = zstd::stream::read::Decoder::with_buffer(frame).map_err(|e| format!("zstd: {e}"))?;
+    d.window_log_max(MANIFEST_ZSTD_WINDOW_LOG).map_err(|e| format!("zstd: {e}"))?;
+    let mut out = Vec::new();
+    d.take(cap as u64 + 1).read_to_end(&mut out).map_err(|e| format!("not a valid zstd frame ({e})"))?;
+    if out.len() > cap {
+        return Err(format!("it decompresses to more than {cap} bytes"));
+    }
+    Ok(out)
 }
 
 /// Error codes.

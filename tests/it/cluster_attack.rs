@@ -360,6 +360,31 @@ fn deploy_beside_a_bad_peer(fault: Faults) -> BesideBadPeer {
     BesideBadPeer { b, st, honest_secs, secs }
 }
 
+/// A seed older than `GetManifestZstd` (it answers it `E_MALFORMED`, as a `qpack/1` agent before it did):
+/// the nodes fall back to `GetManifest` for it, once, and still use compressed manifests between themselves.
+#[test]
+fn manifests_come_uncompressed_from_a_seed_that_predates_compressed_ones() {
+    let mut b = Bed::new(2, 4 * MIB);
+    b.publish("r1", Signing::Trusted);
+    b.tb.set_faults(SEED, Faults { no_manifest_zstd: true, ..Default::default() }).unwrap();
+    b.start(&[SEED, "node01", "node02"]);
+    let d = b.deploy("r1", "node01,node02", &["--activate"]).ok().json();
+    for n in ["node01", "node02"] {
+        let o = outcome(&d, n);
+        assert!(o["error"].is_null() && o["switched"].is_object(), "{n}: {o:#}");
+        b.assert_installed(n);
+        let log = b.log(n);
+        // Each fetched its share of the manifests from the seed (cohort of 2), so each met the old seed…
+        let fallbacks = log.matches("predates GetManifestZstd").count();
+        assert_eq!(fallbacks, 1, "{n}: fell back {fallbacks} times (once per old peer expected):\n{log}");
+        assert!(log.contains(&format!("{SEED} predates GetManifestZstd")), "{n}:\n{log}");
+        // …and its cohort peer is not taken for an old one.
+        let other = if n == "node01" { "node02" } else { "node01" };
+        assert!(!log.contains(&format!("{other} predates")), "{n}:\n{log}");
+    }
+    b.finish("manifests_come_uncompressed_from_a_seed_that_predates_compressed_ones");
+}
+
 /// A node that has the release honestly, then serves every chunk with a flipped byte (an authenticated liar):
 /// the nodes that fetch from it reject its batches before storing anything, ban it, and finish from honest
 /// peers; their trees are exact and their repositories verify.
@@ -901,6 +926,7 @@ fn random_frames_never_kill_the_agent() {
     let valid: Vec<Vec<u8>> = [
         Request::GetRelease { name: "r1".into() },
         Request::GetManifest { id: rel.parts[0].manifest },
+        Request::GetManifestZstd { id: rel.parts[0].manifest },
         Request::Subscribe { release },
         Request::GetChunks { release, indices: vec![0, n / 2, n - 1] },
         Request::Status,

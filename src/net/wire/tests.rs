@@ -90,6 +90,76 @@ fn golden_requests() {
     let msg = Request::Status;
     let v = Vector::new().pc("Request::Status (variant 7, no fields)", &7u32);
     golden("wire-status-request.hex", "Request Status", v, &msg, MAX_REQUEST);
+
+    let msg = Request::GetManifestZstd { id: ManifestId([0x44; 32]) };
+    let v = Vector::new()
+        .pc("Request::GetManifestZstd (variant 8)", &8u32)
+        .raw("id: manifest id (32 bytes, no length)", &[0x44; 32]);
+    golden("wire-get-manifest-zstd.hex", "Request GetManifestZstd { id: 44 x 32 }", v, &msg, MAX_REQUEST);
+}
+
+/// The content of [`ZSTD_FRAME`].
+const ZSTD_CONTENT: &[u8] = b"a part manifest file";
+
+/// A zstd frame (RFC 8878) of [`ZSTD_CONTENT`] in one raw block, built by hand so that the vector does not
+/// depend on a compressor's version: magic, descriptor (single segment, 1-byte content size, no checksum),
+/// content size 20, block header (last, raw, 20 bytes: 1 + 20 << 3 = 0xa1, little-endian in 3 bytes), content.
+fn zstd_frame() -> Vec<u8> {
+    let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0x20, 20, 0xa1, 0x00, 0x00];
+    f.extend_from_slice(ZSTD_CONTENT);
+    f
+}
+
+#[test]
+fn golden_manifest_zstd() {
+    let frame = zstd_frame();
+    let msg = Response::ManifestZstd { frame: frame.clone() };
+    let v = Vector::new()
+        .pc("Response::ManifestZstd (variant 12)", &12u32)
+        .pc("frame: 29 bytes (varint length)", &29u32)
+        .raw("frame: zstd magic 28 b5 2f fd", &frame[..4])
+        .raw("frame: descriptor 0x20 (single segment, 1-byte content size, no checksum, no dictionary)", &frame[4..5])
+        .raw("frame: content size 20", &frame[5..6])
+        .raw("frame: block header (last block, raw, 20 bytes; 24 bits little-endian)", &frame[6..9])
+        .raw("frame: the block, the manifest file's bytes (here a stand-in)", &frame[9..]);
+    golden(
+        "wire-manifest-zstd.hex",
+        "Response ManifestZstd { frame: one raw-block zstd frame of \"a part manifest file\" }",
+        v,
+        &msg,
+        MAX_RESPONSE,
+    );
+    assert_eq!(unzstd_capped(&frame, 1000).unwrap(), ZSTD_CONTENT);
+}
+
+#[test]
+fn manifest_zstd_is_bounded() {
+    // What our server sends comes back whole, at the cap exactly.
+    let file: Vec<u8> =
+        (0..200_000u32).flat_map(|i| format!("include/boost/part{}.hpp\n", i % 977).into_bytes()).collect();
+    let frame = zstd::bulk::compress(&file, MANIFEST_ZSTD_LEVEL).unwrap();
+    assert!(frame.len() * 10 < file.len(), "paths compress");
+    assert_eq!(unzstd_capped(&frame, file.len()).unwrap(), file);
+    // One byte over the cap is refused, and the refusal does not first expand the whole frame: 64 MiB of
+    // zeros (a 2-KiB frame) against a 1-MiB cap allocates about the cap, not the content.
+    let err = unzstd_capped(&frame, file.len() - 1).unwrap_err();
+    assert!(err.contains("more than"), "{err}");
+    let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], MANIFEST_ZSTD_LEVEL).unwrap();
+    assert!(bomb.len() < 64 << 10);
+    let (r, peak) = alloc_probe::largest(|| unzstd_capped(&bomb, 1 << 20));
+    assert!(r.unwrap_err().contains("more than 1048576 bytes"));
+    assert!(peak <= 4 << 20, "peak allocation {peak} bytes for a 1-MiB cap");
+    // A frame that asks for a 32-MiB window is refused before that window is allocated.
+    let mut e = zstd::stream::Encoder::new(Vec::new(), MANIFEST_ZSTD_LEVEL).unwrap();
+    e.window_log(25).unwrap();
+    std::io::Write::write_all(&mut e, &file).unwrap();
+    let wide = e.finish().unwrap();
+    let (r, peak) = alloc_probe::largest(|| unzstd_capped(&wide, file.len()));
+    assert!(r.is_err(), "a 32-MiB window was accepted");
+    assert!(peak < 16 << 20, "peak allocation {peak} bytes");
+    // Not zstd, or cut short: errors, not panics.
+    assert!(unzstd_capped(b"QPKM not compressed", 1 << 20).is_err());
+    assert!(unzstd_capped(&frame[..frame.len() / 2], 1 << 20).is_err());
 }
 
 #[test]
@@ -284,6 +354,7 @@ fn variant_indices_codes_and_caps() {
         Request::Switch { release: String::new() },
         Request::Rollback,
         Request::Status,
+        Request::GetManifestZstd { id: ManifestId([0; 32]) },
     ];
     for (i, req) in requests.iter().enumerate() {
         assert_eq!(encode(req)[4] as usize, i, "{req:?}");
@@ -301,6 +372,7 @@ fn variant_indices_codes_and_caps() {
         Response::Staged(Staged::default()),
         Response::Switched(Switched::default()),
         Response::Status(Box::default()),
+        Response::ManifestZstd { frame: vec![] },
     ];
     for (i, resp) in responses.iter().enumerate() {
         assert_eq!(encode(resp)[4] as usize, i, "{resp:?}");
@@ -524,6 +596,7 @@ fn request() -> impl Strategy<Value = Request> {
         any::<String>().prop_map(|release| Request::Switch { release }),
         Just(Request::Rollback),
         Just(Request::Status),
+        id32().prop_map(|b| Request::GetManifestZstd { id: ManifestId(b) }),
     ]
 }
 
@@ -599,6 +672,7 @@ fn response() -> impl Strategy<Value = Response> {
         staged.prop_map(Response::Staged),
         switched.prop_map(Response::Switched),
         node_status().prop_map(|s| Response::Status(Box::new(s))),
+        bytes().prop_map(|frame| Response::ManifestZstd { frame }),
     ]
 }
 
@@ -628,7 +702,7 @@ proptest! {
 
     /// Arbitrary fields behind a valid variant index, so that every variant's field decoders are exercised.
     #[test]
-    fn decode_arbitrary_fields_never_panics(variant in 0u8..12, bytes in vec(any::<u8>(), 0..600)) {
+    fn decode_arbitrary_fields_never_panics(variant in 0u8..14, bytes in vec(any::<u8>(), 0..600)) {
         let mut body = vec![variant];
         body.extend(&bytes);
         let _ = decode::<Request>(&body);
