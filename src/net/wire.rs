@@ -132,7 +132,9 @@ pub enum Response {
     },
 }
 
-/// The zstd level of `ManifestZstd` (the one of chunks: fast, and most of the gain).
+/// The zstd level of `ManifestZstd` (zstd's default: a manifest is compressed once per request, and 3 gets
+/// about what higher levels would: 656 KB of manifests of the generated stack become 385 KB at 1, 378 KB at 3,
+/// 361 KB at 19).
 pub const MANIFEST_ZSTD_LEVEL: i32 = 3;
 /// The largest zstd window a `ManifestZstd` frame may ask for (8 MiB; level 3 uses at most 2 MiB).
 const MANIFEST_ZSTD_WINDOW_LOG: u32 = 23;
