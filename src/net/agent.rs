@@ -1080,8 +1080,8 @@ pub(crate) enum ManifestAnswer {
     Good(PartManifest, Vec<u8>),
     /// The peer sent bytes that are not that manifest (to be banned): why.
     Bad(String),
-    /// No manifest: the call's error (with its code, "(error N)") or an unexpected answer.
-    Failed(String),
+    /// No manifest: the call's error (with the peer's code, if it sent one) or an unexpected answer.
+    Failed(client::CallError),
 }
 
 /// Whether a peer answers `GetManifestZstd`.
@@ -1118,12 +1118,12 @@ pub(crate) async fn ask_manifest(
         }
     };
     let req = if zstd { Request::GetManifestZstd { id: *id } } else { Request::GetManifest { id: *id } };
-    let mut answer = client::call_capped(conn, &req, wait, cap).await;
+    let mut answer = client::call_coded(conn, &req, wait, cap).await;
     if probe {
         // Any answer but E_MALFORMED means the request was read; no answer at all says nothing.
         let learned = match &answer {
-            Err(e) if e.contains(&format!("(error {E_MALFORMED})")) => Some(ZstdSupport::No),
-            Err(e) if !e.contains("(error ") => None,
+            Err(e) if e.code == Some(E_MALFORMED) => Some(ZstdSupport::No),
+            Err(e) if e.code.is_none() => None,
             _ => Some(ZstdSupport::Yes),
         };
         {
@@ -1135,7 +1135,7 @@ pub(crate) async fn ask_manifest(
         }
         if learned == Some(ZstdSupport::No) {
             tracing::info!("{peer} predates GetManifestZstd: manifests are asked of it uncompressed");
-            answer = client::call_capped(conn, &Request::GetManifest { id: *id }, wait, cap).await;
+            answer = client::call_coded(conn, &Request::GetManifest { id: *id }, wait, cap).await;
         }
     }
     let bytes = match answer {
@@ -1146,7 +1146,7 @@ pub(crate) async fn ask_manifest(
                 Err(e) => return ManifestAnswer::Bad(e),
             }
         }
-        Ok(other) => return ManifestAnswer::Failed(format!("unexpected {}", client::kind(&other))),
+        Ok(other) => return ManifestAnswer::Failed(format!("unexpected {}", client::kind(&other)).into()),
         Err(e) => return ManifestAnswer::Failed(e),
     };
     match decode_manifest(id, &bytes) {

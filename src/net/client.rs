@@ -112,6 +112,16 @@ impl std::fmt::Display for CallError {
     }
 }
 
+impl CallError {
+    /// The message, and the code if the peer sent one: "… (error N)".
+    pub fn with_code(&self) -> String {
+        match self.code {
+            Some(c) => format!("{} (error {c})", self.message),
+            None => self.message.clone(),
+        }
+    }
+}
+
 impl From<String> for CallError {
     fn from(message: String) -> Self {
         Self { code: None, message }
@@ -154,17 +164,35 @@ pub async fn call_capped(
     timeout: Duration,
     cap: usize,
 ) -> Result<Response, String> {
+    call_within(conn, req, timeout, cap).await.map_err(|e| explain(conn, e.with_code()))
+}
+
+/// [`call_capped`] with the peer's error code kept apart, for a caller that acts on it.
+pub async fn call_coded(
+    conn: &quinn::Connection,
+    req: &Request,
+    timeout: Duration,
+    cap: usize,
+) -> Result<Response, CallError> {
+    call_within(conn, req, timeout, cap)
+        .await
+        .map_err(|e| CallError { code: e.code, message: explain(conn, e.message) })
+}
+
+async fn call_within(
+    conn: &quinn::Connection,
+    req: &Request,
+    timeout: Duration,
+    cap: usize,
+) -> Result<Response, CallError> {
     let go = async {
         let mut rx = send(conn, req).await?;
         match wire::read_msg::<Response, _>(&mut rx, cap).await.map_err(|e| e.to_string())? {
-            Response::Error { code, message } => Err(format!("{message} (error {code})")),
+            Response::Error { code, message } => Err(CallError { code: Some(code), message }),
             r => Ok(r),
         }
     };
-    tokio::time::timeout(timeout, go)
-        .await
-        .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
-        .map_err(|e| explain(conn, e))
+    tokio::time::timeout(timeout, go).await.map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
 }
 
 /// Adds why the connection ended, if it did: a certificate the peer refused shows there, not on the stream.

@@ -409,7 +409,7 @@ async fn fetch_manifest_from_owner(
                 return None;
             }
             // Answered at once: it has not started staging yet. After a wait: it did not get it.
-            ManifestAnswer::Failed(e) if e.contains(&format!("(error {E_NOT_FOUND})")) => {
+            ManifestAnswer::Failed(e) if e.code == Some(E_NOT_FOUND) => {
                 if asked.elapsed() > Duration::from_millis(500) {
                     return None;
                 }
@@ -440,7 +440,7 @@ async fn fetch_manifest(agent: &Arc<Agent>, id: &crate::id::ManifestId) -> Resul
                 agent.ban(&p.name, &format!("a bad manifest ({e})")).await;
                 why.push(format!("{}: {e}", p.name));
             }
-            ManifestAnswer::Failed(e) => why.push(format!("{}: {e}", p.name)),
+            ManifestAnswer::Failed(e) => why.push(format!("{}: {}", p.name, e.with_code())),
         }
     }
     Err(format!("no peer gave manifest {id}: {}", why.join("; ")))

@@ -98,7 +98,7 @@ fn golden_requests() {
     golden("wire-get-manifest-zstd.hex", "Request GetManifestZstd { id: 44 x 32 }", v, &msg, MAX_REQUEST);
 }
 
-/// The content of [`ZSTD_FRAME`].
+/// The content of [`zstd_frame`].
 const ZSTD_CONTENT: &[u8] = b"a part manifest file";
 
 /// A zstd frame (RFC 8878) of [`ZSTD_CONTENT`] in one raw block, built by hand so that the vector does not
