@@ -99,7 +99,12 @@ pub struct Agent {
     manifest_zstd: Mutex<HashMap<String, ZstdSupport>>,
     /// Rung when a manifest arrives (or will not).
     pub(crate) manifest_news: tokio::sync::Notify,
+    /// Chunk lists of the last few releases asked about.
     lists: Mutex<Vec<(ReleaseId, Arc<ChunkList>)>>,
+    /// Held while a chunk list is read from the repository, so that peers asking at once wait for one reading
+    /// instead of each making their own (at 50 nodes, every peer subscribes the moment a node has the
+    /// manifests, before its own staging has made the list).
+    list_making: tokio::sync::Mutex<()>,
     job: Mutex<Option<Arc<Job>>>,
     last: Mutex<(Option<Progress>, Option<String>)>,
     upload: Arc<Semaphore>,
@@ -204,6 +209,7 @@ impl Agent {
             manifest_zstd: Mutex::default(),
             manifest_news: tokio::sync::Notify::new(),
             lists: Mutex::new(Vec::new()),
+            list_making: tokio::sync::Mutex::new(()),
             job: Mutex::new(None),
             last: Mutex::new((None, None)),
             upload: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
@@ -554,8 +560,12 @@ impl Agent {
 
     /// The chunk list of a release this node has the manifests of (cached for the last few releases).
     pub(crate) async fn chunk_list(self: &Arc<Self>, release: ReleaseId) -> Result<Arc<ChunkList>, (u16, String)> {
-        if let Some(l) = self.lists.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(r, _)| *r == release) {
-            return Ok(l.1.clone());
+        if let Some(l) = self.cached_list(&release) {
+            return Ok(l);
+        }
+        let _making = self.list_making.lock().await;
+        if let Some(l) = self.cached_list(&release) {
+            return Ok(l);
         }
         let me = self.clone();
         let list = Self::blocking(move || {
@@ -573,12 +583,25 @@ impl Agent {
             Ok(Arc::new(ChunkList::of(&ms)))
         })
         .await?;
+        self.remember_list(release, list.clone());
+        Ok(list)
+    }
+
+    fn cached_list(&self, release: &ReleaseId) -> Option<Arc<ChunkList>> {
+        let lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        lists.iter().find(|(r, _)| r == release).map(|l| l.1.clone())
+    }
+
+    /// Keeps the chunk list of a release whose manifests are stored (made from manifests at hand, or read).
+    pub(crate) fn remember_list(&self, release: ReleaseId, list: Arc<ChunkList>) {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        if lists.iter().any(|(r, _)| *r == release) {
+            return;
+        }
         if lists.len() >= 4 {
             lists.remove(0);
         }
-        lists.push((release, list.clone()));
-        Ok(list)
+        lists.push((release, list));
     }
 
     fn has(&self, id: &ChunkId) -> bool {

@@ -140,6 +140,8 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
     all.sort();
     all.dedup();
     let cohort = job.cohort.iter().any(|n| *n == agent.name).then_some(&job.cohort).filter(|c| c.len() > 1);
+    // A node that lacked every manifest (a fresh one) has them all in hand: its chunk list is made from them.
+    let all_new = wanted.len() == all.len();
     let mut new_manifests = Vec::with_capacity(wanted.len());
     job.manifests_coming.lock().unwrap_or_else(|e| e.into_inner()).extend(wanted.iter().copied());
     // Requests to sources 8 at a time; a node's own share goes first, and waiting on owners takes no slot
@@ -203,12 +205,28 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
         })
     };
     let ms: Vec<PartManifest> = new_manifests.into_iter().map(|(_, m)| m).collect();
+    let (ms, made) = {
+        let n2 = node.clone();
+        tokio::task::spawn_blocking(move || {
+            // As `Agent::chunk_list` does before reading: another process may have added chunks meanwhile.
+            if let Err(e) = n2.repo.refresh() {
+                tracing::warn!("re-reading the pack indexes: {e}");
+            }
+            let made = all_new.then(|| Arc::new(ChunkList::of(&ms)));
+            (ms, made)
+        })
+        .await
+        .map_err(err)?
+    };
     let (ack, acked) = tokio::sync::oneshot::channel();
     wtx.send(Write::Objects(signed.clone(), ms, ack)).await.map_err(|_| "the writer stopped")?;
     let stored = acked.await.map_err(|_| "the writer stopped".to_string()).and_then(|r| r);
     // Stored (and served from the repository from now on), or not to be served.
     agent.pending_manifests.lock().unwrap_or_else(|e| e.into_inner()).clear();
     stored?;
+    if let Some(list) = made {
+        agent.remember_list(id, list);
+    }
     tracing::debug!("staging {name}: manifests fetched and stored in {:.2} s", t_manifests.elapsed().as_secs_f64());
     let list = agent.chunk_list(id).await.map_err(|e| e.1)?;
     let n = list.len() as u32;
