@@ -205,18 +205,21 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
         })
     };
     let ms: Vec<PartManifest> = new_manifests.into_iter().map(|(_, m)| m).collect();
-    let (ms, made) = {
+    // Otherwise `Agent::chunk_list` reads the list from the repository below, refreshing its index first.
+    let (ms, made) = if all_new {
         let n2 = node.clone();
         tokio::task::spawn_blocking(move || {
             // As `Agent::chunk_list` does before reading: another process may have added chunks meanwhile.
             if let Err(e) = n2.repo.refresh() {
                 tracing::warn!("re-reading the pack indexes: {e}");
             }
-            let made = all_new.then(|| Arc::new(ChunkList::of(&ms)));
-            (ms, made)
+            let made = Arc::new(ChunkList::of(&ms));
+            (ms, Some(made))
         })
         .await
         .map_err(err)?
+    } else {
+        (ms, None)
     };
     let (ack, acked) = tokio::sync::oneshot::channel();
     wtx.send(Write::Objects(signed.clone(), ms, ack)).await.map_err(|_| "the writer stopped")?;
