@@ -269,7 +269,7 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
         wtx.send(Write::Watch(tx)).await.map_err(|_| "the writer stopped")?;
     }
     let t_fetch = Instant::now();
-    let fetched = fetch(agent, job, id, list, missing, wtx.clone()).await;
+    let fetched = fetch(agent, job, id, list, missing, wtx.clone(), Some(pre.verified())).await;
     if let Ok((c, b)) = &fetched {
         tracing::info!("fetched {c} chunks ({b} bytes) in {:.1} s; installing", t_fetch.elapsed().as_secs_f64());
     }
@@ -287,7 +287,12 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
     let pre = tokio::task::spawn_blocking(move || pre.finish()).await.map_err(err)?;
     match &pre.stopped {
         Some(why) => tracing::warn!("installing while fetching stopped early ({why}); the install does the rest"),
-        None => tracing::debug!("{} files ({} bytes) installed while fetching", pre.files, pre.bytes),
+        None => tracing::debug!(
+            "{} files ({} bytes) installed while fetching, {} chunks of them as they were verified",
+            pre.files,
+            pre.bytes,
+            pre.from_memory
+        ),
     }
     // Anything still pending was not committed: it must not be served as if this node had it.
     agent.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -1217,6 +1222,8 @@ struct Swarm {
     bytes: AtomicU64,
     /// Uncompressed bytes of the chunks received (progress is counted in these).
     raw: AtomicU64,
+    /// Where verified chunk contents go for the files written while fetching.
+    verified: Option<Arc<crate::materialize::Verified>>,
 }
 
 impl Swarm {
@@ -1233,6 +1240,7 @@ async fn fetch(
     list: Arc<ChunkList>,
     missing: Vec<u32>,
     wtx: tokio::sync::mpsc::Sender<Write>,
+    verified: Option<Arc<crate::materialize::Verified>>,
 ) -> Result<(u64, u64), String> {
     if missing.is_empty() {
         return Ok((0, 0));
@@ -1257,6 +1265,7 @@ async fn fetch(
         chunks: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         raw: AtomicU64::new(0),
+        verified,
     });
     let mut subs = tokio::task::JoinSet::new();
     for (p, peer) in peers.iter().enumerate() {
@@ -1568,8 +1577,12 @@ async fn receive(
                 if object.len() > cap {
                     return Err(Fail::Lie(format!("chunk {index} of {} bytes (at most {cap})", object.len())));
                 }
-                if crate::chunk::decode_object(&swarm.list.ids[index as usize], &object, Some(len)).is_err() {
+                let id = &swarm.list.ids[index as usize];
+                let Ok(raw) = crate::chunk::decode_object(id, &object, Some(len)) else {
                     return Err(Fail::Lie(format!("chunk {index} that does not match its hash")));
+                };
+                if let Some(v) = &swarm.verified {
+                    v.offer(id, raw);
                 }
                 received += object.len();
                 got.bytes += object.len();

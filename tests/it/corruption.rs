@@ -4,6 +4,7 @@
 use crate::args;
 use crate::util::*;
 use qpack::id::ChunkId;
+use qpack::materialize::{make_dirs, place_files, Beneath, Plan, Verified, WriteOptions};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -334,4 +335,80 @@ fn damaged_ref_is_reported_and_the_rest_still_checked() {
     let out = f.t.join("r2");
     checkout(&f.repo, "r2", &out);
     assert_same_tree(&f.tree2, &out, Cmp::EXACT);
+}
+
+/// Places file `path` of release `release` into a fresh directory `dest` as installing while fetching does,
+/// with chunk contents held in `verified` if given.
+fn place_one(
+    repo: &Path,
+    release: &str,
+    path: &str,
+    dest: &Path,
+    verified: Option<&Verified>,
+) -> Result<(), qpack::materialize::MaterializeError> {
+    let repo = open_repo(repo);
+    let id = repo.read_ref(release).unwrap().unwrap();
+    let (_, rel) = repo.read_release(&id).unwrap();
+    let plan = Plan::load(&repo, &rel, false).unwrap();
+    let k = plan.entries.iter().position(|(p, _)| p == path.as_bytes()).expect("in the plan");
+    fs::create_dir(dest).unwrap();
+    let beneath = Beneath::open(dest).unwrap();
+    make_dirs(&plan, &beneath, false).unwrap();
+    let opts = WriteOptions { verified, ..Default::default() };
+    place_files(&repo, &plan, &beneath, &[k], &opts, &qpack::publish::NoProgress).map(|_| ())
+}
+
+#[test]
+fn files_written_while_fetching_take_the_verified_contents_held_in_memory() {
+    // Installing while fetching writes a file from the chunk contents the fetch has just verified, without
+    // reading them back from the repository: shown here by damaging every stored copy first.
+    let f = fixture();
+    let path = "Linux64/foo/1.0/lib/libfoo.so.1";
+    let refs = chunks_of_file(&f.repo, "r1", path);
+    assert!(refs.len() > 1, "a file of several chunks");
+    let held = Verified::new(16 << 20);
+    held.want(refs.iter().map(|c| c.id));
+    let repo = open_repo(&f.repo);
+    for c in &refs {
+        held.offer(&c.id, repo.read_chunk(&c.id, Some(c.len)).unwrap());
+    }
+    for c in &refs {
+        let mut obj = f.object(&c.id);
+        let n = obj.len();
+        obj[n - 1] ^= 0x01;
+        f.set_object(&c.id, &obj);
+    }
+    let a = f.t.join("a");
+    place_one(&f.repo, "r1", path, &a, Some(&held)).unwrap();
+    assert_eq!(fs::read(a.join(path)).unwrap(), fs::read(f.tree1.join(path)).unwrap());
+    assert_eq!(held.taken(), refs.len() as u64);
+    assert_eq!(held.bytes(), 0, "each held chunk is taken once");
+    // Nothing held any more: the damaged stored copy is read, and refused.
+    let e = place_one(&f.repo, "r1", path, &f.t.join("b"), Some(&held)).unwrap_err();
+    assert!(e.to_string().contains(&refs[0].id.to_hex()), "{e}");
+}
+
+#[test]
+fn verified_contents_held_are_only_those_wanted_and_bounded() {
+    let id = |n: u8| ChunkId::of(&[n]);
+    let held = Verified::new(100);
+    held.want([id(1), id(2), id(3)]);
+    held.offer(&id(9), vec![9; 10]);
+    assert_eq!(held.bytes(), 0, "not wanted: not kept");
+    held.offer(&id(1), vec![1; 40]);
+    held.offer(&id(2), vec![2; 40]);
+    // Offered twice (an end-game copy): kept once.
+    held.offer(&id(2), vec![2; 40]);
+    assert_eq!(held.bytes(), 80);
+    // No room: the oldest goes.
+    held.offer(&id(3), vec![3; 40]);
+    assert_eq!(held.bytes(), 80);
+    assert_eq!(held.take(&id(1)), None);
+    assert_eq!(held.take(&id(2)), Some(vec![2; 40]));
+    assert_eq!(held.take(&id(3)), Some(vec![3; 40]));
+    assert_eq!((held.bytes(), held.taken()), (0, 2));
+    // Larger than the whole budget: not kept.
+    held.want([id(4)]);
+    held.offer(&id(4), vec![4; 101]);
+    assert_eq!(held.take(&id(4)), None);
 }
