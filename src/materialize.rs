@@ -290,7 +290,7 @@ pub struct WriteOptions<'a> {
 
 /// Chunk contents verified as they arrived (decompressed and hashed to their id), held a short while for
 /// [`place_files`]: a node that installs while it fetches would otherwise decompress and hash every chunk twice,
-/// once to check it on arrival and once to write it (in the 50-node lab, ~6% of the machine's CPU each).
+/// once to check it on arrival and once to write it (in the 50-node lab, ~8% and ~6% of the machine's CPU).
 /// Only the chunks asked for ([`Self::want`]) are kept, at most `cap` bytes of them, the oldest dropped first: a
 /// big file's early chunks are read back from the repository when its last one comes.
 pub struct Verified {
