@@ -26,7 +26,29 @@ pub struct Testbed {
 /// The seed's name.
 pub const SEED: &str = "build";
 
+/// A UDP port on 127.0.0.1 that is free now, for an agent to bind once it starts. Taken below the kernel's
+/// ephemeral range (from `ip_local_port_range`), which the port is otherwise handed from: meanwhile every
+/// client (each `qpack status`, deploy, agent dial of a parallel test) binds an ephemeral port, and one of
+/// them can take it first. That happened once in CI: a test's agent could not bind and never answered.
+/// Successive calls in one process take successive ports, from a start that depends on the process id.
 fn free_udp_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FLOOR: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low > FLOOR + 1_000 {
+        let span = ephemeral_low - FLOOR;
+        let start = std::process::id().wrapping_mul(7_919) % span;
+        for _ in 0..span.min(2_000) {
+            let port = FLOOR + (start + NEXT.fetch_add(1, Relaxed)) % span;
+            if std::net::UdpSocket::bind(("127.0.0.1", port as u16)).is_ok() {
+                return Ok(port as u16);
+            }
+        }
+    }
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

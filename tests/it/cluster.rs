@@ -148,7 +148,18 @@ impl Cl {
             if o.code == 0 {
                 return;
             }
-            assert!(t0.elapsed() < Duration::from_secs(30), "agents not answering after 30 s:\n{}", o.dump());
+            if t0.elapsed() > Duration::from_secs(30) {
+                // Why an agent does not answer is in its log (a port it could not bind, a config it refused).
+                let logs: Vec<String> = std::iter::once(SEED.to_string())
+                    .chain(self.bed.nodes.iter().cloned())
+                    .map(|n| {
+                        let log = std::fs::read_to_string(self.bed.dir.join(&n).join("agent.log")).unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                        format!("{n}: {}", tail.into_iter().rev().collect::<Vec<_>>().join("\n  "))
+                    })
+                    .collect();
+                panic!("agents not answering after 30 s:\n{}\nagent logs (last lines):\n{}", o.dump(), logs.join("\n"));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
