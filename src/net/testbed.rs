@@ -29,7 +29,7 @@ pub const SEED: &str = "build";
 /// A UDP port on 127.0.0.1 that is free now, for an agent to bind once it starts. Taken below the kernel's
 /// ephemeral range (from `ip_local_port_range`), which the port is otherwise handed from: meanwhile every
 /// client (each `qpack status`, deploy, agent dial of a parallel test) binds an ephemeral port, and one of
-/// them can take it first. That happened once in CI: a test's agent could not bind and never answered.
+/// them can take it first (the likely reason a test's agent once never answered in CI).
 /// Successive calls in one process take successive ports, from a start that depends on the process id.
 fn free_udp_port() -> std::io::Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
