@@ -276,7 +276,7 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
         wtx.send(Write::Watch(tx)).await.map_err(|_| "the writer stopped")?;
     }
     let t_fetch = Instant::now();
-    let fetched = fetch(agent, job, id, list, missing, wtx.clone(), Some(pre.verified())).await;
+    let fetched = fetch(agent, job, id, list, missing, wtx.clone(), pre.verified()).await;
     if let Ok((c, b)) = &fetched {
         tracing::info!("fetched {c} chunks ({b} bytes) in {:.1} s; installing", t_fetch.elapsed().as_secs_f64());
     }
@@ -1230,7 +1230,7 @@ struct Swarm {
     /// Uncompressed bytes of the chunks received (progress is counted in these).
     raw: AtomicU64,
     /// Where verified chunk contents go for the files written while fetching.
-    verified: Option<Arc<crate::materialize::Verified>>,
+    verified: Arc<crate::materialize::Verified>,
 }
 
 impl Swarm {
@@ -1247,7 +1247,7 @@ async fn fetch(
     list: Arc<ChunkList>,
     missing: Vec<u32>,
     wtx: tokio::sync::mpsc::Sender<Write>,
-    verified: Option<Arc<crate::materialize::Verified>>,
+    verified: Arc<crate::materialize::Verified>,
 ) -> Result<(u64, u64), String> {
     if missing.is_empty() {
         return Ok((0, 0));
@@ -1588,9 +1588,7 @@ async fn receive(
                 let Ok(raw) = crate::chunk::decode_object(id, &object, Some(len)) else {
                     return Err(Fail::Lie(format!("chunk {index} that does not match its hash")));
                 };
-                if let Some(v) = &swarm.verified {
-                    v.offer(id, raw);
-                }
+                swarm.verified.offer(id, raw);
                 received += object.len();
                 got.bytes += object.len();
                 got.chunks.push((index, object));
