@@ -14,7 +14,9 @@ use qpack::net::config::Faults;
 use qpack::net::swarm::ChunkList;
 use qpack::net::testbed::{Testbed, SEED};
 use qpack::net::tls::{self, Identity, Role};
-use qpack::net::wire::{self, Request, Response, E_FORBIDDEN, E_MALFORMED, E_NOT_FOUND, E_TOO_LARGE, MAX_REQUEST};
+use qpack::net::wire::{
+    self, Request, Response, E_BUSY, E_FORBIDDEN, E_MALFORMED, E_NOT_FOUND, E_TOO_LARGE, MAX_REQUEST,
+};
 use qpack::net::{Cluster, ClusterNode};
 use qpack::publish::{publish, NoProgress, PublishOptions};
 use qpack::store::Repository;
@@ -725,6 +727,95 @@ fn a_node_certificate_cannot_order_deploy_switch_or_rollback() {
     let refused = b.refused("node01");
     assert!(refused >= refused0 + 4, "node01 counted {} refused orders, expected 4", refused - refused0);
     b.finish("a_node_certificate_cannot_order_deploy_switch_or_rollback");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Upload slots
+
+/// A UDP relay on loopback that holds every datagram from `server` to the client for `delay` (the other way
+/// at once): a link on which the requester's acknowledgements come late. Returns the relay's address.
+async fn slow_return_relay(server: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("relay front"));
+    let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("relay back"));
+    back.connect(server).await.expect("relay to the server");
+    let client = Arc::new(std::sync::Mutex::new(None::<std::net::SocketAddr>));
+    let addr = front.local_addr().expect("relay address");
+    let (f, b, c) = (front.clone(), back.clone(), client.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = f.recv_from(&mut buf).await {
+            *c.lock().unwrap() = Some(from);
+            let _ = b.send(&buf[..n]).await;
+        }
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok(n) = back.recv(&mut buf).await {
+            let (front, to, datagram) = (front.clone(), *client.lock().unwrap(), buf[..n].to_vec());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Some(to) = to {
+                    let _ = front.send_to(&datagram, to).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An answer holds its upload slot until the requester has received it, not only until QUIC has taken it in
+/// its buffers: a small answer is written at once, and if its slot were given back then, every requester's
+/// answer would share the link at once (measured so at the lab's seed, 50 nodes). Four answers on their way
+/// to node01 over a link that returns them 1.5 s late keep node01's 4 slots: a fifth request, on a second,
+/// direct connection, is answered busy; once they have arrived, a request is served again.
+#[test]
+fn an_answer_holds_its_upload_slot_until_the_requester_has_it() {
+    let mut b = Bed::new(1, 2 * MIB);
+    b.publish("r1", Signing::Trusted);
+    b.start(&[SEED]);
+    let target = b.node(SEED);
+    let ident = b.node_identity("node01");
+    let release = b.release_id("r1");
+    let n = b.chunk_list("r1").len() as u32;
+    assert!(n >= 5, "the release has {n} chunks, the test needs 5");
+    let rt = runtime();
+    rt.block_on(async {
+        let d = Dialer::client(&ident).unwrap();
+        let server = target.socket_addr().unwrap();
+        let relay = slow_return_relay(server, Duration::from_millis(1500)).await;
+        let slow = ClusterNode { address: relay.to_string(), ..target.clone() };
+        let c = d.connect(&slow).await.unwrap();
+        let mut streams = Vec::new();
+        for i in 0..4 {
+            streams.push(client::send(&c, &Request::GetChunks { release, indices: vec![i] }).await.unwrap());
+        }
+        // The requests reach the agent at once; its answers are written at once and are on their way for 1.5 s.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let direct = d.connect(&target).await.unwrap();
+        let r = raw(&direct, &wire::encode(&Request::GetChunks { release, indices: vec![4] })).await;
+        assert_error(&r, E_BUSY, "a fifth GetChunks while node01's 4 answers are on their way");
+        // Every answer arrives whole (the chunk, then End).
+        for (i, rx) in streams.iter_mut().enumerate() {
+            match client::recv(rx).await {
+                Ok(Response::Chunk { index, .. }) => assert_eq!(index, i as u32),
+                other => panic!("answer {i}: {other:?}"),
+            }
+            match client::recv(rx).await {
+                Ok(Response::End) => {}
+                other => panic!("answer {i} after its chunk: {other:?}"),
+            }
+        }
+        // Their acknowledgements reach the agent at once (that way is not slowed): the slots are free again.
+        let t0 = Instant::now();
+        loop {
+            match raw(&direct, &wire::encode(&Request::GetChunks { release, indices: vec![4] })).await {
+                Ok(Response::Chunk { index: 4, .. }) => break,
+                r if t0.elapsed() > Duration::from_secs(5) => panic!("slots still held 5 s after the answers: {r:?}"),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    b.finish("an_answer_holds_its_upload_slot_until_the_requester_has_it");
 }
 
 // ---------------------------------------------------------------------------------------------------------
