@@ -766,7 +766,7 @@ async fn slow_return_relay(server: std::net::SocketAddr, delay: Duration) -> std
 /// An answer holds its upload slot until the requester has received it, not only until QUIC has taken it in
 /// its buffers: a small answer is written at once, and if its slot were given back then, every requester's
 /// answer would share the link at once (measured so at the lab's seed, 50 nodes). Four answers on their way
-/// to node01 over a link that returns them 1.5 s late keep node01's 4 slots: a fifth request, on a second,
+/// to node01 over a link that returns them 3 s late keep node01's 4 slots: a fifth request, on a second,
 /// direct connection, is answered busy; once they have arrived, a request is served again.
 #[test]
 fn an_answer_holds_its_upload_slot_until_the_requester_has_it() {
@@ -782,15 +782,16 @@ fn an_answer_holds_its_upload_slot_until_the_requester_has_it() {
     rt.block_on(async {
         let d = Dialer::client(&ident).unwrap();
         let server = target.socket_addr().unwrap();
-        let relay = slow_return_relay(server, Duration::from_millis(1500)).await;
+        let relay = slow_return_relay(server, Duration::from_secs(3)).await;
         let slow = ClusterNode { address: relay.to_string(), ..target.clone() };
         let c = d.connect(&slow).await.unwrap();
         let mut streams = Vec::new();
         for i in 0..4 {
             streams.push(client::send(&c, &Request::GetChunks { release, indices: vec![i] }).await.unwrap());
         }
-        // The requests reach the agent at once; its answers are written at once and are on their way for 1.5 s.
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // The requests reach the agent at once (1 s is left for it to take them, even on a loaded machine); its
+        // answers are written at once, and no acknowledgement of them can come back before 3 s.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let direct = d.connect(&target).await.unwrap();
         let r = raw(&direct, &wire::encode(&Request::GetChunks { release, indices: vec![4] })).await;
         assert_error(&r, E_BUSY, "a fifth GetChunks while node01's 4 answers are on their way");
