@@ -307,6 +307,18 @@ fn assert_error(r: &Result<Response, CallError>, code: u16, what: &str) {
     }
 }
 
+/// A bed whose seed alone runs, with release "r1" of a tree of `size`: the seed (it has the release) is the
+/// target, node01's certificate the requester's. Returns the bed, the target, that identity, the release and
+/// its number of chunks.
+fn seed_under_attack(size: u64) -> (Bed, ClusterNode, Identity, qpack::id::ReleaseId, u32) {
+    let mut b = Bed::new(1, size);
+    b.publish("r1", Signing::Trusted);
+    b.start(&[SEED]);
+    let (target, ident, release) = (b.node(SEED), b.node_identity("node01"), b.release_id("r1"));
+    let n = b.chunk_list("r1").len() as u32;
+    (b, target, ident, release, n)
+}
+
 /// A u32 length prefix and a body.
 fn framed(len: u32, body: &[u8]) -> Vec<u8> {
     let mut v = len.to_le_bytes().to_vec();
@@ -770,13 +782,7 @@ async fn slow_return_relay(server: std::net::SocketAddr, delay: Duration) -> std
 /// direct connection, is answered busy; once they have arrived, a request is served again.
 #[test]
 fn an_answer_holds_its_upload_slot_until_the_requester_has_it() {
-    let mut b = Bed::new(1, 2 * MIB);
-    b.publish("r1", Signing::Trusted);
-    b.start(&[SEED]);
-    let target = b.node(SEED);
-    let ident = b.node_identity("node01");
-    let release = b.release_id("r1");
-    let n = b.chunk_list("r1").len() as u32;
+    let (b, target, ident, release, n) = seed_under_attack(2 * MIB);
     assert!(n >= 5, "the release has {n} chunks, the test needs 5");
     let rt = runtime();
     rt.block_on(async {
@@ -884,14 +890,7 @@ fn a_release_signed_by_an_untrusted_key_is_refused_by_every_node() {
 /// keeps answering on new connections.
 #[test]
 fn malformed_and_oversized_frames_get_errors_and_never_kill_the_agent() {
-    let mut b = Bed::new(1, 8 * MIB);
-    b.publish("r1", Signing::Trusted);
-    // The target is the seed (it has the release); node01's certificate is the attacker's.
-    b.start(&[SEED]);
-    let target = b.node(SEED);
-    let ident = b.node_identity("node01");
-    let release = b.release_id("r1");
-    let n = b.chunk_list("r1").len() as u32;
+    let (mut b, target, ident, release, n) = seed_under_attack(8 * MIB);
     let rt = runtime();
     rt.block_on(async {
         let d = Dialer::client(&ident).unwrap();
