@@ -150,15 +150,11 @@ impl Cl {
             }
             if t0.elapsed() > Duration::from_secs(30) {
                 // Why an agent does not answer is in its log (a port it could not bind, a config it refused).
-                let logs: Vec<String> = std::iter::once(SEED.to_string())
-                    .chain(self.bed.nodes.iter().cloned())
-                    .map(|n| {
-                        let log = std::fs::read_to_string(self.bed.dir.join(&n).join("agent.log")).unwrap_or_default();
-                        let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                        format!("{n}: {}", tail.into_iter().rev().collect::<Vec<_>>().join("\n  "))
-                    })
+                let logs: Vec<String> = std::iter::once(SEED)
+                    .chain(self.bed.nodes.iter().map(String::as_str))
+                    .map(|n| self.log(n))
                     .collect();
-                panic!("agents not answering after 30 s:\n{}\nagent logs (last lines):\n{}", o.dump(), logs.join("\n"));
+                panic!("agents not answering after 30 s:\n{}\n{}", o.dump(), logs.join("\n"));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
