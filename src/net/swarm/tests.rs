@@ -514,3 +514,33 @@ fn once_nothing_of_its_own_stripe_is_left_to_ask_a_node_asks_a_source_for_the_ne
         assert!(b.iter().all(|&i| i % 3 == 2 && i >= 1500 && !help.contains(&i)), "{b:?}");
     }
 }
+
+#[test]
+fn the_source_lane_asks_only_sources_and_only_for_novel_chunks() {
+    // node02 of {node01, node02, node03}; the seed has everything, node01 and node03 their own stripes.
+    let n = 3000;
+    let mut s = sched(n, "node02", &["build", "node01", "node03"], &["node01", "node02", "node03"]);
+    s.set_have(0, Some(full(n)), false);
+    s.set_have(1, Some(bits(n, |i| i % 3 == 0)), true);
+    s.set_have(2, Some(bits(n, |i| i % 3 == 2)), true);
+    let now = Instant::now();
+    let mut lane = Vec::new();
+    while let Some(b) = s.next_in_lane(now) {
+        lane.push(b);
+    }
+    assert_eq!(lane.len(), usize::from(PER_PEER), "the lane stops at the seed's limit: {lane:?}");
+    for (p, batch, endgame) in &lane {
+        assert_eq!(*p, 0, "the lane asked a cohort peer");
+        assert!(!endgame);
+        assert!(batch.iter().all(|i| i % 3 == 1), "the lane asked for a chunk a cohort peer has");
+    }
+    // The cohort peers still have something to give outside the lane.
+    assert!(s.next(now).is_some_and(|(p, _, _)| p != 0));
+    // Once no chunk is on sources only, the lane asks nothing, though the seed has room.
+    for (p, _, _) in lane {
+        s.finished(p, false, Duration::from_millis(10), Outcome::Got);
+    }
+    s.set_have(1, Some(bits(n, |i| i % 3 != 2)), true);
+    assert_eq!(s.novel, 0);
+    assert!(s.next_in_lane(now).is_none(), "the lane asked for a chunk a cohort peer has");
+}
