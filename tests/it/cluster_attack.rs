@@ -283,7 +283,9 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Sends `bytes` as the request of a new stream (finished after them) and reads the first response, within
-/// 10 s (a hang fails the test).
+/// 30 s (a hang fails the test). Every answer here takes milliseconds on an idle machine; 10 s was once not
+/// enough in CI, with the cluster tests' agents loading both cores (QUIC recovers lost datagrams with a
+/// backed-off timeout).
 async fn raw(conn: &quinn::Connection, bytes: &[u8]) -> Result<Response, CallError> {
     let go = async {
         let (mut tx, mut rx) = conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -292,9 +294,13 @@ async fn raw(conn: &quinn::Connection, bytes: &[u8]) -> Result<Response, CallErr
         let _ = tx.finish();
         client::recv(&mut rx).await
     };
-    match tokio::time::timeout(Duration::from_secs(10), go).await {
+    match tokio::time::timeout(Duration::from_secs(30), go).await {
         Ok(r) => r,
-        Err(_) => panic!("no answer within 10 s to a request of {} bytes", bytes.len()),
+        Err(_) => panic!(
+            "no answer within 30 s to a request of {} bytes starting {:?}",
+            bytes.len(),
+            &bytes[..bytes.len().min(8)]
+        ),
     }
 }
 
