@@ -14,8 +14,12 @@ Subcommands (all print to stdout):
                                the JSON object in FILE
   timeline LOG N BPS T0     -> per 0.5 s: the build host's upload, the nodes' download (share of the rate)
   table RESULTS [--json]    -> the table (or the JSON list of rows) from RESULTS (one JSON object a line)
+  summary DIR               -> JSON: the qpack row of a kept work directory (run.sh --keep) and what the agents'
+                               logs say: QUIC's counters at the build host and the nodes, the chunks asked by
+                               kind, when the manifests were in (for benches/fanout/ab.sh)
 """
 import json
+import os
 import re
 import sys
 
@@ -134,6 +138,50 @@ def qpack(deploy, status):
     }
 
 
+def summary(w):
+    """The qpack row of work directory W, the release's size, and figures from the agents' logs."""
+    with open(f"{w}/results.jsonl") as f:
+        row = next(r for r in map(json.loads, f) if r.get("method") == "qpack")
+    with open(f"{w}/publish.json") as f:
+        stored = json.load(f)["bytes_stored"]
+    quic = re.compile(r"sent (\d+) bytes \(UDP payloads\).* of which (\d+) lost \(([\d.]+)%.*chunk bytes served (\d+)")
+    asked = re.compile(r"chunks asked: (\d+) own stripe and (\d+) others' from sources, (\d+) from the cohort, "
+                       r"(\d+) from sources after, (\d+) again in the end game \((\d+) of these")
+    manifests = re.compile(r"manifests fetched and stored in ([\d.]+) s")
+    seed_loss, node_loss, node_sent, node_served, kinds, mans = None, [], 0, 0, [0] * 6, []
+    for name in sorted(os.listdir(f"{w}/hosts")):
+        try:
+            with open(f"{w}/hosts/{name}/agent.log", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        for m in quic.finditer(text):
+            if name == "build":
+                seed_loss = float(m.group(3))
+            else:
+                node_loss.append(float(m.group(3)))
+                node_sent += int(m.group(1))
+                node_served += int(m.group(4))
+        for m in asked.finditer(text):
+            kinds = [k + int(v) for k, v in zip(kinds, m.groups())]
+        mans += [float(m.group(1)) for m in manifests.finditer(text)]
+    seed = row.get("seed_served_bytes")
+    return {
+        "seconds": row.get("seconds"),
+        "cpu": row.get("cpu"),
+        "agents_cpu_seconds": row.get("agents_cpu_seconds"),
+        "seed_served_x_release": round(seed / stored, 3) if seed else None,
+        "seed_link_mb": round(row["seed_upload_bytes"] / 1e6, 1) if row.get("seed_upload_bytes") else None,
+        "seed_quic_loss_pct": seed_loss,
+        "nodes_quic_loss_pct": round(sum(node_loss) / len(node_loss), 1) if node_loss else None,
+        "nodes_sent_x_served": round(node_sent / node_served, 2) if node_served else None,
+        "manifests_seconds": [min(mans), max(mans)] if mans else None,
+        "chunks_asked": dict(zip(["own_stripe", "others_from_sources", "cohort", "sources_after", "end_game",
+                                  "given_back"], kinds)),
+        "drops": row.get("drops"),
+    }
+
+
 def timeline(log, n, bps, t0):
     """Per 0.5 s sample: the build host's upload and the nodes' mean/min download, as a share of the rate."""
     samples, cur, buf = [], None, []
@@ -233,6 +281,8 @@ def main(a):
         print(json.dumps(row))
     elif cmd == "table":
         table(a[1], "--json" in a[2:])
+    elif cmd == "summary":
+        print(json.dumps(summary(a[1])))
     else:
         raise SystemExit(f"unknown subcommand {cmd}\n{__doc__}")
 
