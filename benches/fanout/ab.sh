@@ -61,9 +61,7 @@ for ((r = 1; r <= PAIRS; r++)); do
       "$HERE/run.sh" --nodes "$NODES" --rate "$RATE" --methods qpack --no-install --keep >/dev/null 2>"$LOG" || rc=$?
     w=$(sed -n 's/^fanout: kept //p' "$LOG" | tail -1)
     if ((rc == 0)) && [ -n "$w" ] && [ -f "$w/results.jsonl" ]; then
-      python3 "$HERE/fanout.py" summary "$w" \
-        | python3 -c 'import json,sys; d=json.load(sys.stdin); d={"arm": sys.argv[1], **d}; print(json.dumps(d))' "$arm" \
-        | tee -a "$OUT" || say "the summary of this run failed; its rows: $(cat "$w/results.jsonl")"
+      python3 "$HERE/fanout.py" summary "$w" "$arm" | tee -a "$OUT" || say "the summary of this run failed; its rows: $(cat "$w/results.jsonl")"
     else
       say "arm '$arm' failed (exit $rc): $(tail -3 "$LOG" | tr '\n' ' ')"
       echo "{\"arm\": \"$arm\", \"failed\": $rc}" >>"$OUT"

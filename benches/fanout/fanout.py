@@ -14,9 +14,9 @@ Subcommands (all print to stdout):
                                the JSON object in FILE
   timeline LOG N BPS T0     -> per 0.5 s: the build host's upload, the nodes' download (share of the rate)
   table RESULTS [--json]    -> the table (or the JSON list of rows) from RESULTS (one JSON object a line)
-  summary DIR               -> JSON: the qpack row of a kept work directory (run.sh --keep) and what the agents'
+  summary DIR [ARM]         -> JSON: the qpack row of a kept work directory (run.sh --keep) and what the agents'
                                logs say: QUIC's counters at the build host and the nodes, the chunks asked by
-                               kind, when the manifests were in (for benches/fanout/ab.sh)
+                               kind, when the manifests were in; labelled "arm": ARM if given (benches/fanout/ab.sh)
 """
 import json
 import os
@@ -138,7 +138,7 @@ def qpack(deploy, status):
     }
 
 
-def summary(w):
+def summary(w, arm=None):
     """The qpack row of work directory W, the release's size, and figures from the agents' logs."""
     with open(f"{w}/results.jsonl") as f:
         row = next(r for r in map(json.loads, f) if r.get("method") == "qpack")
@@ -167,6 +167,7 @@ def summary(w):
         mans += [float(m.group(1)) for m in manifests.finditer(text)]
     seed = row.get("seed_served_bytes")
     return {
+        **({"arm": arm} if arm is not None else {}),
         "seconds": row.get("seconds"),
         "cpu": row.get("cpu"),
         "agents_cpu_seconds": row.get("agents_cpu_seconds"),
@@ -282,7 +283,7 @@ def main(a):
     elif cmd == "table":
         table(a[1], "--json" in a[2:])
     elif cmd == "summary":
-        print(json.dumps(summary(a[1])))
+        print(json.dumps(summary(a[1], a[2] if len(a) > 2 else None)))
     else:
         raise SystemExit(f"unknown subcommand {cmd}\n{__doc__}")
 
