@@ -148,7 +148,9 @@ def summary(w, arm=None):
     asked = re.compile(r"chunks asked: (\d+) own stripe and (\d+) others' from sources, (\d+) from the cohort, "
                        r"(\d+) from sources after, (\d+) again in the end game \((\d+) of these")
     manifests = re.compile(r"manifests fetched and stored in ([\d.]+) s")
+    extra = re.compile(r"(\d+) ACK frames sent; (\d+) datagrams received; (\d+) bytes of announcements sent")
     seed_loss, node_loss, node_sent, node_served, kinds, mans = None, [], 0, 0, [0] * 6, []
+    node_acks, node_ann = [], []
     for name in sorted(os.listdir(f"{w}/hosts")):
         try:
             with open(f"{w}/hosts/{name}/agent.log", errors="replace") as f:
@@ -162,6 +164,10 @@ def summary(w, arm=None):
                 node_loss.append(float(m.group(3)))
                 node_sent += int(m.group(1))
                 node_served += int(m.group(4))
+        if name != "build":
+            for m in extra.finditer(text):
+                node_acks.append(int(m.group(1)))
+                node_ann.append(int(m.group(3)))
         for m in asked.finditer(text):
             kinds = [k + int(v) for k, v in zip(kinds, m.groups())]
         mans += [float(m.group(1)) for m in manifests.finditer(text)]
@@ -176,6 +182,8 @@ def summary(w, arm=None):
         "seed_quic_loss_pct": seed_loss,
         "nodes_quic_loss_pct": round(sum(node_loss) / len(node_loss), 1) if node_loss else None,
         "nodes_sent_x_served": round(node_sent / node_served, 2) if node_served else None,
+        "node_ack_frames": round(sum(node_acks) / len(node_acks)) if node_acks else None,
+        "node_announced_mb": round(sum(node_ann) / len(node_ann) / 1e6, 2) if node_ann else None,
         "manifests_seconds": [min(mans), max(mans)] if mans else None,
         "chunks_asked": dict(zip(["own_stripe", "others_from_sources", "cohort", "sources_after", "end_game",
                                   "given_back"], kinds)),

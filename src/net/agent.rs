@@ -28,8 +28,9 @@ const DESIRED_DONE_FILE: &str = "desired-reached.toml";
 /// In a node root: the name of the release being staged, while it is.
 const STAGING_FILE: &str = "staging";
 /// Chunk batches served at once by one agent; more requests wait in line (first come, first served) for up to
-/// [`UPLOAD_QUEUE`], then are answered "busy" and go elsewhere.
-const UPLOAD_SLOTS: usize = 8;
+/// [`UPLOAD_QUEUE`], then are answered "busy" and go elsewhere. As many as a node asks for at once
+/// ([`super::swarm`]'s `MAX_INFLIGHT`), so that every batch a node asks may be served.
+const UPLOAD_SLOTS: usize = 16;
 /// Most `GetChunks` waiting in line for an upload slot; more are answered "busy" at once.
 const UPLOAD_LINE: usize = 8;
 /// How long a `GetChunks` may wait for an upload slot.
@@ -50,9 +51,25 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const MANIFEST_HOLD: Duration = Duration::from_secs(5);
 /// New chunks are announced to a subscriber once this many have gathered…
 const HAVE_ENOUGH: usize = 256;
-/// …or after this long, plus a little more for each subscriber (up to 50): 1.1 s for a cohort of 50.
+/// …or after this long, plus a little more for each subscriber (up to 50): 1.1 s for a cohort of 50…
 const HAVE_GATHER: Duration = Duration::from_millis(100);
 const HAVE_GATHER_EACH: Duration = Duration::from_millis(20);
+/// …but only 4 ms more per subscriber (0.3 s for 50) while this node has fetched less than a fifth of what it
+/// lacked: at the start every chunk is on one or two nodes and each hop's wait delays the whole swarm, while
+/// few chunks, so few announcements, are at stake.
+const HAVE_GATHER_EACH_START: Duration = Duration::from_millis(4);
+const HAVE_START_PERCENT: u64 = 20;
+
+/// How long announcements to one subscriber gather, with `subscribers` in all and `done` of `total` chunks
+/// fetched.
+fn have_gather(subscribers: usize, done: u64, total: u64) -> Duration {
+    let each = if done.saturating_mul(100) < total.saturating_mul(HAVE_START_PERCENT) {
+        HAVE_GATHER_EACH_START
+    } else {
+        HAVE_GATHER_EACH
+    };
+    HAVE_GATHER + each * subscribers.min(50) as u32
+}
 /// How long a peer that sent a bad chunk is avoided.
 const BAN: Duration = Duration::from_secs(600);
 
@@ -116,6 +133,8 @@ pub struct Agent {
     conns_by_peer: Mutex<ConnsByPeer>,
     refused: AtomicU64,
     served: AtomicU64,
+    /// Bytes of `Have` and `HaveMore` messages sent (for the wire summary).
+    announced: AtomicU64,
     faults: Faults,
     desired: Mutex<Option<Desired>>,
     endpoint: Option<quinn::Endpoint>,
@@ -219,6 +238,7 @@ impl Agent {
             conns_by_peer: Mutex::new((0, HashMap::new())),
             refused: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            announced: AtomicU64::new(0),
             faults: cfg.faults.clone().unwrap_or_default(),
             desired: Mutex::new(None),
             endpoint,
@@ -310,8 +330,12 @@ impl Agent {
         conns.extend(self.conns.values().filter_map(|s| s.try_lock().ok().and_then(|g| g.clone())));
         let (mut tx, mut dg, mut pk, mut lost, mut lost_b, mut cong, mut rx) =
             (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut acks, mut rx_dg, mut mtu) = (0u64, 0u64, (u16::MAX, 0u16));
         for c in &conns {
             let s = c.stats();
+            acks += s.frame_tx.acks;
+            rx_dg += s.udp_rx.datagrams;
+            mtu = (mtu.0.min(s.path.current_mtu), mtu.1.max(s.path.current_mtu));
             tx += s.udp_tx.bytes;
             dg += s.udp_tx.datagrams;
             pk += s.path.sent_packets;
@@ -324,10 +348,14 @@ impl Agent {
         format!(
             "QUIC on {} open connections: sent {tx} bytes (UDP payloads) in {dg} datagrams, {pk} packets of which \
              {lost} lost ({:.1}%, {lost_b} bytes) in {cong} congestion events; received {rx} bytes; chunk bytes \
-             served {served} (sent/served {:.3})",
+             served {served} (sent/served {:.3}); {acks} ACK frames sent; {rx_dg} datagrams received; {} bytes of \
+             announcements sent; path MTU {}..{}",
             conns.len(),
             100.0 * lost as f64 / pk.max(1) as f64,
             tx as f64 / served.max(1) as f64,
+            self.announced.load(Relaxed),
+            if conns.is_empty() { 0 } else { mtu.0 },
+            mtu.1,
         )
     }
 
@@ -633,7 +661,7 @@ impl Agent {
                 (bm, None)
             }
         };
-        tx.write_all(&wire::encode(&Response::Have { bitmap: bitmap.bytes().to_vec(), more: rx.is_some() }))
+        self.announce_to(tx, &Response::Have { bitmap: bitmap.bytes().to_vec(), more: rx.is_some() })
             .await
             .map_err(io)?;
         let Some(rx) = rx.as_mut() else { return Ok(()) };
@@ -645,7 +673,7 @@ impl Agent {
                     // Too slow a reader: send the whole bitmap again.
                     let j = job.as_ref().expect("rx implies job");
                     let bm = j.have.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    tx.write_all(&wire::encode(&Response::Have { bitmap: bm.bytes().to_vec(), more: true }))
+                    self.announce_to(tx, &Response::Have { bitmap: bm.bytes().to_vec(), more: true })
                         .await
                         .map_err(io)?;
                     continue;
@@ -657,7 +685,11 @@ impl Agent {
             let subscribers = job.as_ref().and_then(|j| {
                 j.announce.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|a| a.receiver_count())
             });
-            let wait = HAVE_GATHER + HAVE_GATHER_EACH * subscribers.unwrap_or(0).min(50) as u32;
+            let (done, total) = job.as_ref().map_or((0, 0), |j| {
+                let p = j.progress.borrow();
+                (p.chunks_done, p.chunks_total)
+            });
+            let wait = have_gather(subscribers.unwrap_or(0), done, total);
             let until = tokio::time::Instant::now() + wait;
             let mut indices = vec![first];
             let mut lagged = false;
@@ -676,13 +708,18 @@ impl Agent {
                 // Some were missed: the whole bitmap again says it all.
                 let j = job.as_ref().expect("rx implies job");
                 let bm = j.have.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                tx.write_all(&wire::encode(&Response::Have { bitmap: bm.bytes().to_vec(), more: true }))
-                    .await
-                    .map_err(io)?;
+                self.announce_to(tx, &Response::Have { bitmap: bm.bytes().to_vec(), more: true }).await.map_err(io)?;
                 continue;
             }
-            tx.write_all(&wire::encode(&Response::HaveMore { indices })).await.map_err(io)?;
+            self.announce_to(tx, &Response::HaveMore { indices }).await.map_err(io)?;
         }
+    }
+
+    /// Sends a `Have` or `HaveMore` to a subscriber, counted in [`Agent::wire_summary`].
+    async fn announce_to(&self, tx: &mut quinn::SendStream, msg: &Response) -> Result<(), quinn::WriteError> {
+        let bytes = wire::encode(msg);
+        self.announced.fetch_add(bytes.len() as u64, Relaxed);
+        tx.write_all(&bytes).await
     }
 
     async fn get_chunks(
@@ -1215,3 +1252,6 @@ pub(crate) async fn ask_release(agent: &Agent, peer: &ClusterNode, name: &str) -
         other => Err(format!("unexpected answer {}", client::kind(&other))),
     }
 }
+
+#[cfg(test)]
+mod tests;
