@@ -477,7 +477,7 @@ impl Agent {
                 ),
             ))
         } else {
-            self.answer(&peer, req, &mut tx).await
+            self.answer(&peer, req, &mut tx, &mut rx).await
         };
         if let Err((code, message)) = out {
             let _ = wire::write_msg(&mut tx, &Response::Error { code, message }).await;
@@ -491,6 +491,7 @@ impl Agent {
         peer: &PeerCert,
         req: Request,
         tx: &mut quinn::SendStream,
+        rx: &mut quinn::RecvStream,
     ) -> Result<(), (u16, String)> {
         let send = |r: Response| wire::encode(&r);
         let io = |e: std::io::Error| (E_INTERNAL, e.to_string());
@@ -515,7 +516,7 @@ impl Agent {
                 tx.write_all(&send(Response::ManifestZstd { frame })).await.map_err(|e| io(e.into()))
             }
             Request::Subscribe { release } => self.subscribe(release, tx).await,
-            Request::GetChunks { release, indices } => self.get_chunks(peer, release, indices, tx).await,
+            Request::GetChunks { release, indices } => self.get_chunks(peer, release, indices, tx, rx).await,
             Request::Stage { name, cohort } => self.stage(name, cohort, tx).await,
             Request::Switch { release } => {
                 let r = self.switch(Some(release)).await?;
@@ -728,7 +729,11 @@ impl Agent {
         release: ReleaseId,
         indices: Vec<u32>,
         tx: &mut quinn::SendStream,
+        rx: &mut quinn::RecvStream,
     ) -> Result<(), (u16, String)> {
+        // A requester that keeps its sending side open finishes it once it has read `End`: its "got it". One
+        // that finished it with the request (as qpack did before) has its FIN in already.
+        let says_got_it = tokio::time::timeout(Duration::ZERO, rx.read(&mut [0u8; 1])).await.is_err();
         if indices.len() > MAX_BATCH {
             return Err((E_MALFORMED, format!("{} chunks asked at once (at most {MAX_BATCH})", indices.len())));
         }
@@ -803,13 +808,26 @@ impl Agent {
             }
         }
         tx.write_all(&wire::encode(&Response::End)).await.map_err(io)?;
-        // The slot is held until the requester has the whole answer (QUIC acknowledged it), not only until
-        // QUIC took it: an answer smaller than the send window (every one at 50 nodes) was taken at once, its
-        // slot given back while it had yet to cross the link, so every requester's answer shared the link at
-        // once. Sampled every 0.5 s at the seed of the lab's 50-node run: fewer than 1 of its 8 slots in use
-        // on average while its link was busy, and a typical batch took ~3 s (< 1 s since).
+        // The slot is held until the requester has the whole answer, not only until QUIC took it: an answer
+        // smaller than the send window (every one at 50 nodes) was taken at once, its slot given back while it
+        // had yet to cross the link, so every requester's answer shared the link at once. Sampled every 0.5 s
+        // at the seed of the lab's 50-node run: fewer than 1 of its 8 slots in use on average while its link
+        // was busy, and a typical batch took ~3 s (< 1 s since). The requester's FIN says so at once; QUIC's
+        // acknowledgement of the whole answer says so too, up to an ACK delay later.
         let _ = tx.finish();
-        let _ = tokio::time::timeout(IO_TIMEOUT, tx.stopped()).await;
+        let acked = tokio::time::timeout(IO_TIMEOUT, tx.stopped());
+        // Anything a requester sends after its request is read to its end and dropped; more than 64 bytes, or
+        // a reset, is no "got it": then only QUIC's acknowledgement frees the slot.
+        let got_it = async {
+            match says_got_it {
+                true if rx.read_to_end(64).await.is_ok() => {}
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = acked => {}
+            _ = got_it => {}
+        }
         Ok(())
     }
 

@@ -91,10 +91,18 @@ impl Dialer {
 
 /// Opens a stream, sends the request and finishes the sending side.
 pub async fn send(conn: &quinn::Connection, req: &Request) -> Result<quinn::RecvStream, String> {
-    let (mut tx, rx) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    wire::write_msg(&mut tx, req).await.map_err(|e| e.to_string())?;
+    let (mut tx, rx) = open(conn, req).await?;
     tx.finish().map_err(|e| e.to_string())?;
     Ok(rx)
+}
+
+/// Opens a stream and sends the request, leaving the sending side open: a `GetChunks` requester finishes it
+/// once it has read the whole answer, which tells the server at once that its upload slot is free
+/// (PROTOCOL.md, "GetChunks"). Dropping the `SendStream` finishes it too.
+pub async fn open(conn: &quinn::Connection, req: &Request) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+    let (mut tx, rx) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    wire::write_msg(&mut tx, req).await.map_err(|e| e.to_string())?;
+    Ok((tx, rx))
 }
 
 /// A request that failed: the peer's error code if it answered with one.

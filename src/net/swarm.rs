@@ -1609,7 +1609,9 @@ async fn receive(
 ) -> Result<(), Fail> {
     let conn = agent.conn(peer).await.map_err(Fail::Other)?;
     let req = Request::GetChunks { release: swarm.release, indices: batch.to_vec() };
-    let mut rx = client::send(&conn, &req).await.map_err(Fail::Other)?;
+    // The sending side stays open until the whole answer is in: finishing it then is the "got it" that frees
+    // the server's upload slot without waiting for QUIC's acknowledgement of the last packets.
+    let (mut tx, mut rx) = client::open(&conn, &req).await.map_err(Fail::Other)?;
     let mut asked: std::collections::HashSet<u32> = batch.iter().copied().collect();
     let mut received = 0usize;
     loop {
@@ -1650,7 +1652,10 @@ async fn receive(
                     asked.len()
                 )));
             }
-            Ok(Response::End) => return Ok(()),
+            Ok(Response::End) => {
+                let _ = tx.finish();
+                return Ok(());
+            }
             Ok(other) => return Err(Fail::Other(format!("unexpected {}", client::kind(&other)))),
             Err(e) if e.code == Some(E_BUSY) => return Err(Fail::Busy),
             Err(e) if e.code == Some(E_NOT_FOUND) => {

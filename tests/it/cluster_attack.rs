@@ -785,7 +785,9 @@ async fn slow_return_relay(server: std::net::SocketAddr, delay: Duration) -> std
 /// its buffers: a small answer is written at once, and if its slot were given back then, every requester's
 /// answer would share the link at once (measured so at the lab's seed, 50 nodes). Four answers on their way
 /// to node01 over a link that returns them 3 s late keep node01's 4 slots: a fifth request, on a second,
-/// direct connection, is answered busy; once they have arrived, a request is served again.
+/// direct connection, is answered busy; once they have arrived, a request is served again. Whatever the
+/// requester does with its sending side: finished with the request (as before qpack's "got it"), kept open
+/// and never finished, or kept open after 100 bytes of junk — none pins a slot past QUIC's acknowledgement.
 #[test]
 fn an_answer_holds_its_upload_slot_until_the_requester_has_it() {
     let (b, target, ident, release, n) = seed_under_attack(2 * MIB);
@@ -797,9 +799,19 @@ fn an_answer_holds_its_upload_slot_until_the_requester_has_it() {
         let relay = slow_return_relay(server, Duration::from_secs(3)).await;
         let slow = ClusterNode { address: relay.to_string(), ..target.clone() };
         let c = d.connect(&slow).await.unwrap();
-        let mut streams = Vec::new();
-        for i in 0..4 {
-            streams.push(client::send(&c, &Request::GetChunks { release, indices: vec![i] }).await.unwrap());
+        let (mut streams, mut open) = (Vec::new(), Vec::new());
+        for i in 0..4u32 {
+            let req = Request::GetChunks { release, indices: vec![i] };
+            if i == 0 {
+                streams.push(client::send(&c, &req).await.unwrap());
+                continue;
+            }
+            let (mut tx, rx) = client::open(&c, &req).await.unwrap();
+            if i == 3 {
+                tx.write_all(&[0xAB; 100]).await.unwrap();
+            }
+            streams.push(rx);
+            open.push(tx);
         }
         // The requests reach the agent at once (1 s is left for it to take them, even on a loaded machine); its
         // answers are written at once, and no acknowledgement of them can come back before 3 s.
@@ -827,6 +839,7 @@ fn an_answer_holds_its_upload_slot_until_the_requester_has_it() {
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
+        drop(open);
     });
     b.finish("an_answer_holds_its_upload_slot_until_the_requester_has_it");
 }
