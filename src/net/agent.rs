@@ -732,8 +732,9 @@ impl Agent {
         rx: &mut quinn::RecvStream,
     ) -> Result<(), (u16, String)> {
         // A requester that keeps its sending side open finishes it once it has read `End`: its "got it". One
-        // that finished it with the request (as qpack did before) has its FIN in already.
-        let says_got_it = tokio::time::timeout(Duration::ZERO, rx.read(&mut [0u8; 1])).await.is_err();
+        // that finished it with the request (as qpack did before) has its FIN in already: one poll tells.
+        let says_got_it =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(rx.poll_read(cx, &mut [0u8; 1]).is_pending())).await;
         if indices.len() > MAX_BATCH {
             return Err((E_MALFORMED, format!("{} chunks asked at once (at most {MAX_BATCH})", indices.len())));
         }
