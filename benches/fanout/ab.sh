@@ -10,8 +10,9 @@
 #   K      rounds (default 2; at most 20), N nodes (default 50), RATE per link (default 5mbit)
 #   FILE   where each run's summary goes, one JSON object a line (default ab-<time>.jsonl in the current
 #          directory): the arm, and `fanout.py summary` of the run (deploy seconds, CPU, what the build host
-#          served and sent, QUIC's losses, a node's ACK frames and announcement bytes, the chunks asked by
-#          kind, the links' drops)
+#          served and sent and the GetChunks it turned away, QUIC's losses, a node's ACK frames and
+#          announcement bytes, the span from the first node's chunk list to the last node's last chunk, the
+#          chunks asked by kind, the links' drops)
 #
 # The agents log at info, with the swarm's cohort lines at debug (QPACK_AGENT_LOG, unless an arm sets it);
 # each run's work directory is removed once summarized. Needs root, as run.sh does: without it, one

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+from datetime import datetime
 
 
 def parse_rate(s):
@@ -148,15 +149,20 @@ def summary(w, arm=None):
     asked = re.compile(r"chunks asked: (\d+) own stripe and (\d+) others' from sources, (\d+) from the cohort, "
                        r"(\d+) from sources after, (\d+) again in the end game \((\d+) of these")
     manifests = re.compile(r"manifests fetched and stored in ([\d.]+) s")
+    stamp = re.compile(r"^(\S+Z) .*(?:staging \S+: \d+ of \d+ chunks to fetch|(fetched \d+ chunks))", re.M)
     extra = re.compile(r"(\d+) ACK frames sent; (\d+) datagrams received; (\d+) bytes of announcements sent")
     seed_loss, node_loss, node_sent, node_served, kinds, mans = None, [], 0, 0, [0] * 6, []
-    node_acks, node_ann = [], []
+    asks = re.compile(r"GetChunks (\d+) given a slot, (\d+) turned away at once, (\d+) after")
+    node_acks, node_ann, starts, ends, seed_asks = [], [], [], [], None
     for name in sorted(os.listdir(f"{w}/hosts")):
         try:
             with open(f"{w}/hosts/{name}/agent.log", errors="replace") as f:
                 text = f.read()
         except OSError:
             continue
+        m = asks.search(text) if name == "build" else None
+        if m:
+            seed_asks = [int(v) for v in m.groups()]
         for m in quic.finditer(text):
             if name == "build":
                 seed_loss = float(m.group(3))
@@ -171,6 +177,8 @@ def summary(w, arm=None):
         for m in asked.finditer(text):
             kinds = [k + int(v) for k, v in zip(kinds, m.groups())]
         mans += [float(m.group(1)) for m in manifests.finditer(text)]
+        for m in stamp.finditer(text):
+            (ends if m.group(2) else starts).append(datetime.fromisoformat(m.group(1).replace("Z", "+00:00")))
     seed = row.get("seed_served_bytes")
     return {
         **({"arm": arm} if arm is not None else {}),
@@ -180,10 +188,14 @@ def summary(w, arm=None):
         "seed_served_x_release": round(seed / stored, 3) if seed else None,
         "seed_link_mb": round(row["seed_upload_bytes"] / 1e6, 1) if row.get("seed_upload_bytes") else None,
         "seed_quic_loss_pct": seed_loss,
+        # GetChunks at the build host: given a slot, turned away at once, turned away after waiting in line.
+        "seed_asks": seed_asks,
         "nodes_quic_loss_pct": round(sum(node_loss) / len(node_loss), 1) if node_loss else None,
         "nodes_sent_x_served": round(node_sent / node_served, 2) if node_served else None,
         "node_ack_frames": round(sum(node_acks) / len(node_acks)) if node_acks else None,
         "node_announced_mb": round(sum(node_ann) / len(node_ann) / 1e6, 2) if node_ann else None,
+        # From the first node's chunk list to the last node's last chunk: the transfer, without the install.
+        "fetch_span_seconds": round((max(ends) - min(starts)).total_seconds(), 1) if starts and ends else None,
         "manifests_seconds": [min(mans), max(mans)] if mans else None,
         "chunks_asked": dict(zip(["own_stripe", "others_from_sources", "cohort", "sources_after", "end_game",
                                   "given_back"], kinds)),

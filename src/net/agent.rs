@@ -135,6 +135,12 @@ pub struct Agent {
     served: AtomicU64,
     /// Bytes of `Have` and `HaveMore` messages sent (for the wire summary).
     announced: AtomicU64,
+    /// `GetChunks` given an upload slot (for the wire summary)…
+    asks_served: AtomicU64,
+    /// …answered "busy" at once (the line was full, or the peer held its share of the slots)…
+    asks_busy_at_once: AtomicU64,
+    /// …and after waiting in line.
+    asks_busy_after_line: AtomicU64,
     faults: Faults,
     desired: Mutex<Option<Desired>>,
     endpoint: Option<quinn::Endpoint>,
@@ -239,6 +245,9 @@ impl Agent {
             refused: AtomicU64::new(0),
             served: AtomicU64::new(0),
             announced: AtomicU64::new(0),
+            asks_served: AtomicU64::new(0),
+            asks_busy_at_once: AtomicU64::new(0),
+            asks_busy_after_line: AtomicU64::new(0),
             faults: cfg.faults.clone().unwrap_or_default(),
             desired: Mutex::new(None),
             endpoint,
@@ -319,7 +328,8 @@ impl Agent {
 
     /// What the wire cost, from QUIC's own counters summed over this agent's open connections (both ways):
     /// bytes and datagrams sent, packets lost (retransmitted) and congestion events, against the chunk bytes
-    /// served. Logged when the agent stops; a lab reads it to split a link's bytes into payload and overhead.
+    /// served; the frames sent by kind; and how many `GetChunks` were served or turned away. Logged when the
+    /// agent stops; a lab reads it to split a link's bytes into payload and overhead.
     pub fn wire_summary(&self) -> String {
         let mut conns: Vec<quinn::Connection> = Vec::new();
         {
@@ -331,9 +341,23 @@ impl Agent {
         let (mut tx, mut dg, mut pk, mut lost, mut lost_b, mut cong, mut rx) =
             (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         let (mut acks, mut rx_dg, mut mtu) = (0u64, 0u64, (u16::MAX, 0u16));
+        // Other frames sent: STREAM, PING, IMMEDIATE_ACK, ACK_FREQUENCY, flow control (MAX_DATA, MAX_STREAM_DATA,
+        // MAX_STREAMS), stream ends (STOP_SENDING, RESET_STREAM).
+        let mut frames = [0u64; 6];
         for c in &conns {
             let s = c.stats();
-            acks += s.frame_tx.acks;
+            let f = &s.frame_tx;
+            acks += f.acks;
+            for (sum, n) in frames.iter_mut().zip([
+                f.stream,
+                f.ping,
+                f.immediate_ack,
+                f.ack_frequency,
+                f.max_data + f.max_stream_data + f.max_streams_bidi,
+                f.stop_sending + f.reset_stream,
+            ]) {
+                *sum += n;
+            }
             rx_dg += s.udp_rx.datagrams;
             mtu = (mtu.0.min(s.path.current_mtu), mtu.1.max(s.path.current_mtu));
             tx += s.udp_tx.bytes;
@@ -345,17 +369,23 @@ impl Agent {
             rx += s.udp_rx.bytes;
         }
         let served = self.served.load(Relaxed);
+        let [stream, ping, immediate_ack, ack_frequency, flow, ends] = frames;
         format!(
             "QUIC on {} open connections: sent {tx} bytes (UDP payloads) in {dg} datagrams, {pk} packets of which \
              {lost} lost ({:.1}%, {lost_b} bytes) in {cong} congestion events; received {rx} bytes; chunk bytes \
              served {served} (sent/served {:.3}); {acks} ACK frames sent; {rx_dg} datagrams received; {} bytes of \
-             announcements sent; path MTU {}..{}",
+             announcements sent; path MTU {}..{}; GetChunks {} given a slot, {} turned away at once, {} after \
+             waiting in line; frames sent besides ACK: {stream} STREAM, {ping} PING, {immediate_ack} IMMEDIATE_ACK, \
+             {ack_frequency} ACK_FREQUENCY, {flow} flow control, {ends} STOP_SENDING/RESET_STREAM",
             conns.len(),
             100.0 * lost as f64 / pk.max(1) as f64,
             tx as f64 / served.max(1) as f64,
             self.announced.load(Relaxed),
             if conns.is_empty() { 0 } else { mtu.0 },
             mtu.1,
+            self.asks_served.load(Relaxed),
+            self.asks_busy_at_once.load(Relaxed),
+            self.asks_busy_after_line.load(Relaxed),
         )
     }
 
@@ -739,6 +769,7 @@ impl Agent {
             return Err((E_MALFORMED, format!("{} chunks asked at once (at most {MAX_BATCH})", indices.len())));
         }
         let Some(_mine) = PeerSlot::take(self, &peer.name) else {
+            self.asks_busy_at_once.fetch_add(1, Relaxed);
             return Err((E_BUSY, format!("{} already holds {UPLOAD_SLOTS_PER_PEER} upload slots", peer.name)));
         };
         // In line for a slot: a requester that is turned away at once only asks again later, and the slot may
@@ -747,14 +778,17 @@ impl Agent {
             Ok(p) => p,
             Err(_) => {
                 let Ok(_place) = self.upload_line.try_acquire() else {
+                    self.asks_busy_at_once.fetch_add(1, Relaxed);
                     return Err((E_BUSY, format!("all upload slots busy and {UPLOAD_LINE} requests in line")));
                 };
                 let Ok(Ok(p)) = tokio::time::timeout(UPLOAD_QUEUE, self.upload.clone().acquire_owned()).await else {
+                    self.asks_busy_after_line.fetch_add(1, Relaxed);
                     return Err((E_BUSY, "all upload slots busy".into()));
                 };
                 p
             }
         };
+        self.asks_served.fetch_add(1, Relaxed);
         let list = self.chunk_list(release).await?;
         if let Some(bad) = indices.iter().find(|&&i| i as usize >= list.len()) {
             return Err((E_MALFORMED, format!("chunk index {bad} out of range ({} chunks)", list.len())));
