@@ -544,3 +544,62 @@ fn the_source_lane_asks_only_sources_and_only_for_novel_chunks() {
     assert_eq!(s.novel, 0);
     assert!(s.next_in_lane(now).is_none(), "the lane asked for a chunk a cohort peer has");
 }
+
+#[test]
+fn a_helper_leaves_the_owner_its_share_of_the_next_stripe_while_the_source_turns_asks_away() {
+    // node02 (rank 1 of 3) has asked all its own stripe; node03 (the owner of stripe 2) has nothing yet.
+    let n = 3000;
+    let helper_batch = |busy_answers: usize| {
+        let mut s = sched(n, "node02", &["build", "node01", "node03"], &["node01", "node02", "node03"]);
+        s.set_have(0, Some(full(n)), false);
+        s.set_have(2, Some(Bitmap::new(n)), true);
+        let now = Instant::now();
+        for _ in 0..busy_answers {
+            let (p, _, _) = s.next(now).expect("a batch");
+            s.finished(p, false, Duration::from_millis(10), Outcome::Busy);
+            s.not_before[p] = None;
+        }
+        loop {
+            let (p, b, _) = s.next(now).expect("a batch");
+            assert_eq!(p, 0);
+            if b.iter().all(|i| i % 3 != 1) {
+                assert!(b.iter().all(|i| i % 3 == 2), "only the next stripe: {b:?}");
+                return (s.batch_bytes(), b);
+            }
+            // Answered: the source gave a batch (a busy answer would put the chunks back).
+            s.finished(p, false, Duration::from_millis(10), Outcome::Got);
+        }
+    };
+    // With slots to spare at the source (no busy answer), the far end of the whole stripe, as before.
+    let (_, b) = helper_batch(0);
+    assert_eq!(b[0], 2999);
+    // After busy answers (its average of them over `SOURCE_BUSY`), the owner's share is left: the first
+    // `OWNER_SHARE_BATCHES` batches of its stripe (1000-byte chunks), from index 2 by steps of 3.
+    let (batch_bytes, b) = helper_batch(10);
+    let share = (batch_bytes * OWNER_SHARE_BATCHES / 1000) as u32;
+    let share_end = 2 + 3 * (share - 1);
+    assert!(b.iter().all(|&i| i > share_end), "asked within the owner's share (to {share_end}): {b:?}");
+    assert_eq!(b[0], 2999, "still from the far end");
+    // Once the owner has the rest, the novel chunks left are its share: the helper asks the source for none.
+    let mut s = sched(n, "node02", &["build", "node01", "node03"], &["node01", "node02", "node03"]);
+    s.set_have(0, Some(full(n)), false);
+    s.set_have(2, Some(bits(n, |i| i % 3 == 2 && i > share_end)), true);
+    s.busy[0] = 1.0;
+    let now = Instant::now();
+    let mut from_seed = Vec::new();
+    for _ in 0..100 {
+        let got = drain(&mut s, now);
+        if got.is_empty() {
+            break;
+        }
+        for (p, b, _) in got {
+            s.finished(p, false, Duration::from_millis(10), Outcome::Got);
+            s.busy[0] = 1.0;
+            if p == 0 {
+                from_seed.extend(b);
+            }
+        }
+    }
+    assert!(from_seed.iter().any(|i| i % 3 == 1), "its own stripe was not asked");
+    assert!(from_seed.iter().all(|i| i % 3 == 1), "asked the owner's share of the source: {from_seed:?}");
+}
