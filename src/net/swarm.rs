@@ -71,8 +71,8 @@ const HELP_AFTER: Duration = Duration::from_secs(3);
 /// helps with the next stripe leaves the first this many batches of that stripe's novel chunks to their owner:
 /// those its owner has asked (up to 3 batches) or is about to ask. Without it every helper met its owner
 /// head-on at 50 nodes and 5 Mbit/s: the build host sent 472 chunks twice (6.5% of the release, ~4.6 s of its
-/// link), all at those meeting points. With it: 1.00–1.02× the release, the deploy 98.8/99.1 s against
-/// 100.5/102.6 s (ARCHITECTURE.md). A source with slots to spare (one slow owner at 10 nodes, 25 Mbit/s: no
+/// link), all at those meeting points. With it: 1.00–1.02× the release, the deploy 98.7–99.3 s against
+/// 98.8–102.6 s in 4 alternating pairs (ARCHITECTURE.md). A source with slots to spare (one slow owner at 10 nodes, 25 Mbit/s: no
 /// ask turned away) is helped as before.
 const OWNER_SHARE_BATCHES: u64 = 7;
 /// "Most": the moving average of busy answers (each answer weighs a tenth) above which a source counts as
