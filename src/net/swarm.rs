@@ -72,8 +72,8 @@ const HELP_AFTER: Duration = Duration::from_secs(3);
 /// those its owner has asked (up to 3 batches) or is about to ask. Without it every helper met its owner
 /// head-on at 50 nodes and 5 Mbit/s: the build host sent 472 chunks twice (6.5% of the release, ~4.6 s of its
 /// link), all at those meeting points. With it: 1.00–1.02× the release, the deploy 98.7–99.3 s against
-/// 98.8–102.6 s in 4 alternating pairs (ARCHITECTURE.md). A source with slots to spare (one slow owner at 10 nodes, 25 Mbit/s: no
-/// ask turned away) is helped as before.
+/// 98.8–102.6 s in 4 alternating pairs (ARCHITECTURE.md). A source with slots to spare (one slow owner at 10
+/// nodes, 25 Mbit/s: no ask turned away) is helped as before.
 const OWNER_SHARE_BATCHES: u64 = 7;
 /// "Most": the moving average of busy answers (each answer weighs a tenth) above which a source counts as
 /// turning asks away.
@@ -981,26 +981,28 @@ impl Sched {
         }
     }
 
-    /// Per stripe this node helps with, where its owner's share ends (see [`OWNER_SHARE_BATCHES`]): chunks of
-    /// it below that index are left to the owner. Empty (nothing left) unless source `p` turns most asks
-    /// away; an orphan's stripe has no owner, so no share.
-    fn owners_shares(&self, p: usize) -> Vec<u32> {
-        if self.busy[p] <= SOURCE_BUSY {
-            return Vec::new();
+    /// Where the owner's share of the next stripe ends (see [`OWNER_SHARE_BATCHES`]): chunks of that stripe
+    /// below this index are left to its owner. 0 (nothing left) unless source `p` turns most asks away, or if
+    /// the next stripe is an orphan's that fell to this node (no owner, so no share).
+    fn owners_share_end(&self, p: usize) -> u32 {
+        let next = (self.rank + 1) % self.k;
+        if self.k <= 1 || self.busy[p] <= SOURCE_BUSY || self.covers.get(next as usize) == Some(&true) {
+            return 0;
         }
         let share = self.batch_bytes() * OWNER_SHARE_BATCHES;
-        let mut taken = vec![0u64; self.k as usize];
-        let mut end = vec![0u32; self.k as usize];
-        // The novel chunks still to get here, asked or not, in index order: the owner asks from the start.
+        let (mut taken, mut end) = (0u64, 0u32);
+        // The novel chunks of that stripe still to get here, asked or not, in index order: the owner asks
+        // from the start.
         for &i in &self.order {
-            let (iu, s) = (i as usize, (i % self.k) as usize);
-            if self.state[iu] == 0 || self.ccounts[iu] != 0 || !self.helps(i) || self.covers.get(s) == Some(&true) {
+            let iu = i as usize;
+            if i % self.k != next || self.state[iu] == 0 || self.ccounts[iu] != 0 {
                 continue;
             }
-            if taken[s] < share {
-                taken[s] += u64::from(self.list.lens[iu]);
-                end[s] = i + 1;
+            if taken >= share {
+                break;
             }
+            taken += u64::from(self.list.lens[iu]);
+            end = i + 1;
         }
         end
     }
@@ -1063,7 +1065,7 @@ impl Sched {
             if seed_phase && cands.is_empty() {
                 // Nothing of its own stripe left to ask: the novel chunks of the next stripe, from its far end;
                 // while the source turns most asks away, not those its owner has asked or asks next.
-                let share_end = self.owners_shares(p);
+                let (next, share_end) = ((self.rank + 1) % self.k, self.owners_share_end(p));
                 cands = self
                     .order
                     .iter()
@@ -1075,7 +1077,7 @@ impl Sched {
                             && have.get(i)
                             && self.ccounts[iu] == 0
                             && self.helps(i)
-                            && share_end.get((i % self.k) as usize).is_none_or(|&e| i >= e)
+                            && (i >= share_end || i % self.k != next)
                     })
                     .take(2048)
                     .collect();
