@@ -296,7 +296,12 @@ pub struct WriteOptions<'a> {
 pub struct Verified {
     cap: usize,
     inner: Mutex<VerifiedInner>,
+    /// Called with the id of each chunk kept, once it can be taken.
+    notify: Option<Notify>,
 }
+
+/// What [`Verified`] calls with each chunk it keeps.
+type Notify = Box<dyn Fn(&ChunkId) + Send + Sync>;
 
 #[derive(Default)]
 struct VerifiedInner {
@@ -311,7 +316,12 @@ struct VerifiedInner {
 impl Verified {
     /// Holds at most `cap` bytes.
     pub fn new(cap: usize) -> Self {
-        Self { cap, inner: Mutex::default() }
+        Self { cap, inner: Mutex::default(), notify: None }
+    }
+
+    /// Holds at most `cap` bytes and calls `notify` with the id of each chunk it keeps, once it can be taken.
+    pub fn notifying(cap: usize, notify: impl Fn(&ChunkId) + Send + Sync + 'static) -> Self {
+        Self { cap, inner: Mutex::default(), notify: Some(Box::new(notify)) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VerifiedInner> {
@@ -326,19 +336,24 @@ impl Verified {
     /// Keeps the verified contents of chunk `id` if it is wanted, dropping the oldest to make room. The caller
     /// has checked `raw` against `id`.
     pub fn offer(&self, id: &ChunkId, raw: Vec<u8>) {
-        let mut g = self.lock();
-        if raw.len() > self.cap || !g.wanted.remove(id) {
-            return;
-        }
-        while g.bytes + raw.len() > self.cap {
-            let Some(old) = g.order.pop_front() else { break };
-            if let Some(d) = g.held.remove(&old) {
-                g.bytes -= d.len();
+        {
+            let mut g = self.lock();
+            if raw.len() > self.cap || !g.wanted.remove(id) {
+                return;
             }
+            while g.bytes + raw.len() > self.cap {
+                let Some(old) = g.order.pop_front() else { break };
+                if let Some(d) = g.held.remove(&old) {
+                    g.bytes -= d.len();
+                }
+            }
+            g.bytes += raw.len();
+            g.order.push_back(*id);
+            g.held.insert(*id, raw);
         }
-        g.bytes += raw.len();
-        g.order.push_back(*id);
-        g.held.insert(*id, raw);
+        if let Some(n) = &self.notify {
+            n(id);
+        }
     }
 
     /// The contents of chunk `id`, if held (once: it is no longer held after).
@@ -597,6 +612,17 @@ pub fn place_files(
     })
 }
 
+/// Whether `st` is a complete file of an earlier attempt: a regular file of the entry's size, mode and mtime (the
+/// mtime is set last).
+#[allow(clippy::unnecessary_cast)] // st_size and st_mtime are not i64 everywhere
+fn is_complete(st: &rustix::fs::Stat, size: u64, mode: u32, e: &Entry) -> bool {
+    rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+        && st.st_size as u64 == size
+        && (st.st_mode & 0o7777) == mode
+        && st.st_mtime as i64 == e.mtime.secs
+        && st.st_mtime_nsec as u32 == e.mtime.nanos
+}
+
 /// Unlinks `name` in `dir` if it exists (a file or symlink of an interrupted attempt).
 fn remove_if_present(dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
     match rustix::fs::unlinkat(dir, os(name), AtFlags::empty()) {
@@ -627,11 +653,7 @@ fn place_file(
     if opts.resume {
         match rustix::fs::statat(pfd, os(name), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => {
-                let complete = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
-                    && st.st_size as u64 == *size
-                    && (st.st_mode & 0o7777) == mode
-                    && st.st_mtime == e.mtime.secs
-                    && st.st_mtime_nsec as u32 == e.mtime.nanos;
+                let complete = is_complete(&st, *size, mode, e);
                 // A kept file linked by the earlier attempt shares its inode with an installed release: no other
                 // file of this tree may be linked to that inode (else it is redone).
                 let own_inode = |l: &LinkSources| st.st_nlink <= 1 || l.claim(&st);
@@ -700,4 +722,163 @@ fn write_file(
     rustix::fs::fchmod(&f, Mode::from_raw_mode(mode)).map_err(|e| io_err(e.into()))?;
     rustix::fs::futimens(&f, &ts(&e.mtime)).map_err(|e| io_err(e.into()))?;
     Ok(n)
+}
+
+/// Writes regular files of a plan chunk by chunk, in whatever order their chunks come: each chunk goes to every
+/// place the files being filled have it as soon as it is [`put`](Self::put), and a file gets its final mode and
+/// mtime (what marks it complete for [`WriteOptions::resume`]) once its last place is written.
+///
+/// Installing while fetching fills this way the files whose chunks are still to come. Chunks come in the swarm's
+/// order, not file by file, so a file of several chunks is mostly complete only near the end of the fetch:
+/// writing each file once all its chunks were there piled that work up in the fetch's last seconds.
+pub struct Filler<'a> {
+    plan: &'a Plan,
+    beneath: &'a Beneath,
+    readonly: bool,
+    /// Per chunk still to write: its length, and (file as an index into the plan's entries, offset) per place.
+    places: HashMap<ChunkId, (u32, Vec<(u32, u64)>)>,
+    /// Per file not yet complete: places still to write.
+    left: HashMap<u32, u32>,
+    /// Files created (by their first chunk).
+    begun: HashSet<u32>,
+    dirs: DirCache,
+    /// Files completed.
+    pub files: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+impl<'a> Filler<'a> {
+    /// Takes the regular files `which` (indices into `plan.entries`) to fill beneath `beneath`, whose directories
+    /// exist ([`make_dirs`]). With `resume`, a file an earlier attempt completed is kept (and not filled), and
+    /// anything else at a file's path is removed; without it the paths must be free.
+    pub fn new(
+        plan: &'a Plan,
+        beneath: &'a Beneath,
+        which: &[usize],
+        readonly: bool,
+        resume: bool,
+    ) -> Result<Self, MaterializeError> {
+        let mut f = Filler {
+            plan,
+            beneath,
+            readonly,
+            places: HashMap::new(),
+            left: HashMap::new(),
+            begun: HashSet::new(),
+            dirs: DirCache::default(),
+            files: 0,
+            bytes: 0,
+        };
+        for &k in which {
+            let (path, e) = &plan.entries[k];
+            let EntryKind::File { size, chunks, .. } = &e.kind else { continue };
+            if resume {
+                let io_err = |source: io::Error| MaterializeError::Io { path: show_path(path), source };
+                let (parent, name) = split(path);
+                let pfd = f.dirs.open(0, beneath, parent).map_err(io_err)?;
+                match rustix::fs::statat(pfd, os(name), AtFlags::SYMLINK_NOFOLLOW) {
+                    // Linked files (more than one name) are left to the install, which knows which it may keep.
+                    Ok(st)
+                        if st.st_nlink <= 1
+                            && is_complete(&st, *size, plan.installed_mode(path, e.mode, readonly), e) =>
+                    {
+                        continue
+                    }
+                    Ok(_) => remove_if_present(pfd, name).map_err(io_err)?,
+                    Err(rustix::io::Errno::NOENT) => {}
+                    Err(e) => return Err(io_err(e.into())),
+                }
+            }
+            let mut off = 0u64;
+            for c in chunks {
+                f.places.entry(c.id).or_insert_with(|| (c.len, Vec::new())).1.push((k as u32, off));
+                off += u64::from(c.len);
+            }
+            // An empty file has no chunk to wait for.
+            if chunks.is_empty() {
+                f.write_at(k as u32, &[], 0)?;
+                f.complete(k as u32)?;
+            } else {
+                f.left.insert(k as u32, chunks.len() as u32);
+            }
+        }
+        Ok(f)
+    }
+
+    /// The chunks still to write, with their lengths.
+    pub fn wanted(&self) -> impl Iterator<Item = (&ChunkId, u32)> {
+        self.places.iter().map(|(id, (len, _))| (id, *len))
+    }
+
+    /// The length of chunk `id` if it is still to write.
+    pub fn wants(&self, id: &ChunkId) -> Option<u32> {
+        self.places.get(id).map(|(len, _)| *len)
+    }
+
+    /// Files not yet complete.
+    pub fn incomplete(&self) -> usize {
+        self.left.len()
+    }
+
+    /// Writes chunk `id` (its uncompressed bytes, verified by the caller) at each of its places, and completes the
+    /// files it was the last of. A chunk not (or no longer) wanted is ignored.
+    pub fn put(&mut self, id: &ChunkId, data: &[u8]) -> Result<(), MaterializeError> {
+        let Some((len, places)) = self.places.remove(id) else { return Ok(()) };
+        if data.len() != len as usize {
+            let why = format!("chunk {} of {} bytes where the manifest says {len}", id.to_hex(), data.len());
+            let k = places[0].0;
+            self.places.insert(*id, (len, places));
+            return Err(self.io_err(k)(io::Error::new(io::ErrorKind::InvalidData, why)));
+        }
+        for (k, off) in places {
+            self.write_at(k, data, off)?;
+            let n = self.left.get_mut(&k).expect("a file with places left is counted");
+            *n -= 1;
+            if *n == 0 {
+                self.left.remove(&k);
+                self.complete(k)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn io_err(&self, k: u32) -> impl Fn(io::Error) -> MaterializeError + '_ {
+        move |source| MaterializeError::Io { path: show_path(&self.plan.entries[k as usize].0), source }
+    }
+
+    /// Opens file `k`, creating it (never through a symlink, never over an existing name) the first time.
+    fn open(&mut self, k: u32) -> Result<std::fs::File, MaterializeError> {
+        let (parent, name) = split(&self.plan.entries[k as usize].0);
+        let first = self.begun.insert(k);
+        let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags = if first { flags | OFlags::CREATE | OFlags::EXCL } else { flags };
+        let pfd = match self.dirs.open(0, self.beneath, parent) {
+            Ok(fd) => fd,
+            Err(e) => return Err(self.io_err(k)(e)),
+        };
+        match rustix::fs::openat(pfd, os(name), flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => Ok(std::fs::File::from(fd)),
+            Err(e) => Err(self.io_err(k)(e.into())),
+        }
+    }
+
+    fn write_at(&mut self, k: u32, data: &[u8], off: u64) -> Result<(), MaterializeError> {
+        use std::os::unix::fs::FileExt;
+        let f = self.open(k)?;
+        f.write_all_at(data, off).map_err(self.io_err(k))?;
+        self.bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Gives file `k` its final mode, then its mtime: it is complete.
+    fn complete(&mut self, k: u32) -> Result<(), MaterializeError> {
+        let f = self.open(k)?;
+        let (path, e) = &self.plan.entries[k as usize];
+        let mode = self.plan.installed_mode(path, e.mode, self.readonly);
+        rustix::fs::fchmod(&f, Mode::from_raw_mode(mode)).map_err(|e| self.io_err(k)(e.into()))?;
+        rustix::fs::futimens(&f, &ts(&e.mtime)).map_err(|e| self.io_err(k)(e.into()))?;
+        self.files += 1;
+        Ok(())
+    }
 }

@@ -290,14 +290,12 @@ pub(crate) async fn stage(agent: &Arc<Agent>, job: &Arc<Job>) -> Result<Staged, 
         p.bytes_total = total_raw;
     });
     tracing::info!("staging {name}: {} of {} chunks to fetch ({} bytes raw)", missing.len(), n, total_raw);
-    // Product files are written as their chunks are committed, so that little is left to install at the end.
+    // Product files are written as their chunks come, so that little is left to install at the end.
     let pre = {
         let (n2, r2) = (node.clone(), release.clone());
         tokio::task::spawn_blocking(move || crate::node::PreInstall::start(n2, id, r2)).await.map_err(err)?
     };
-    if let Some(tx) = pre.sender() {
-        wtx.send(Write::Watch(tx)).await.map_err(|_| "the writer stopped")?;
-    }
+    wtx.send(Write::Watch(pre.commits())).await.map_err(|_| "the writer stopped")?;
     let t_fetch = Instant::now();
     let fetched = fetch(agent, job, id, list, missing, wtx.clone(), pre.verified()).await;
     if let Ok((c, b)) = &fetched {
@@ -518,7 +516,7 @@ async fn fetch_manifest(agent: &Arc<Agent>, id: &crate::id::ManifestId) -> Resul
 enum Write {
     Objects(SignedRelease, Vec<PartManifest>, tokio::sync::oneshot::Sender<Result<(), String>>),
     /// Tell this one which chunks each commit made durable (the pre-installer).
-    Watch(std::sync::mpsc::Sender<Vec<ChunkId>>),
+    Watch(crate::node::Commits),
     Chunks(Vec<(ChunkId, Arc<Vec<u8>>)>),
     Finish(Option<(String, ReleaseId)>, tokio::sync::oneshot::Sender<Result<(), String>>),
 }
@@ -537,16 +535,16 @@ fn writer(agent: Arc<Agent>, node: Arc<Node>, mut rx: tokio::sync::mpsc::Receive
     let mut txn = None;
     let mut batch_ids: Vec<ChunkId> = Vec::new();
     let (mut since, mut bytes) = (Instant::now(), 0u64);
-    let mut watch: Option<std::sync::mpsc::Sender<Vec<ChunkId>>> = None;
+    let mut watch: Option<crate::node::Commits> = None;
     let commit = |txn: &mut Option<crate::store::Transaction>,
                   ids: &mut Vec<ChunkId>,
-                  watch: &Option<std::sync::mpsc::Sender<Vec<ChunkId>>>|
+                  watch: &Option<crate::node::Commits>|
      -> Result<(), String> {
         if let Some(t) = txn.take() {
             t.commit_objects().map_err(err)?;
         }
         if let Some(w) = watch {
-            let _ = w.send(ids.clone());
+            w.stored(ids.clone());
         }
         let mut p = agent.pending.lock().unwrap_or_else(|e| e.into_inner());
         for id in ids.drain(..) {

@@ -13,7 +13,7 @@ mod switch;
 
 pub use fetch::{fetch_release, ChunkSource, FetchError, FetchReport, LocalSource, Trust};
 pub use install::{install, InstallOptions, InstallReport};
-pub use preinstall::{PreInstall, PreInstallReport};
+pub use preinstall::{Commits, PreInstall, PreInstallReport};
 pub use switch::{rollback, switch, HistoryEntry, SwitchOptions, SwitchReport};
 
 use crate::fsx::{self, FileLock, LockMode};

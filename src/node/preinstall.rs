@@ -1,19 +1,24 @@
-//! Installing while fetching: product files are written into `releases/.partial-<id>/` as soon as the node's
-//! repository has all their chunks, so that once the last chunk arrives little is left to install.
+//! Installing while fetching: product files are written into `releases/.partial-<id>/` while the fetch goes on,
+//! so that once the last chunk arrives little is left to install.
 //!
 //! Best effort by design: the install that follows ([`super::install`]) resumes the partial directory, keeps
-//! every file this wrote (right size, mode and mtime, set last), and does everything else — the files of base
+//! every file this completed (right size, mode and mtime, set last), and does everything else — the files of base
 //! and config parts (templates are rendered there), symlinks, hardlinks, directory modes, the sync and the
 //! rename. Anything this fails at is logged and left to it. Plans are checked before anything is written, and
 //! files are written beneath the partial directory exactly as the install writes them.
+//!
+//! Files whose chunks are all in the repository when it starts are placed at once (kept, hardlinked from an
+//! installed release, or written). The others are filled chunk by chunk ([`Filler`]): each chunk is written at
+//! its places in the files as soon as the fetch has verified it (from [`Verified`], not read back), or, if it
+//! was not held, from the repository once a commit has stored it. A chunk written before its commit is safe to
+//! keep: its bytes matched their hash, and a file counts as complete only once its last chunk is in.
 
 use super::install::{link_sources, partial_dir};
 use super::Node;
 use crate::id::{ChunkId, ReleaseId};
 use crate::manifest::{EntryKind, Release};
-use crate::materialize::{make_dirs, place_files, Beneath, Plan, Verified, WriteOptions};
+use crate::materialize::{make_dirs, place_files, Beneath, Filler, Plan, Verified, WriteOptions};
 use crate::publish::NoProgress;
-use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -31,24 +36,48 @@ pub struct PreInstallReport {
     pub stopped: Option<String>,
 }
 
-/// A background thread that writes the product files of a release as their chunks are committed.
+/// A background thread that writes the product files of a release while it is fetched.
 pub struct PreInstall {
-    tx: Option<mpsc::Sender<Vec<ChunkId>>>,
+    tx: mpsc::Sender<Event>,
     thread: Option<JoinHandle<PreInstallReport>>,
     verified: Arc<Verified>,
 }
 
-/// Verified chunk contents a pre-installer holds for the files it writes: 16 MiB, the chunks (uncompressed) of
-/// ~10 s at 5 Mbit/s or ~2 s at 25 Mbit/s, a file being written once its chunks are committed (every 2 s).
-/// Measured at 50 nodes and 5 Mbit/s: 91% of the chunks written from memory, peak agent RSS 58 MiB (45 before).
+/// What the thread is told.
+enum Event {
+    /// The fetch has verified this chunk and offered its contents ([`Verified`]).
+    Verified(ChunkId),
+    /// A commit has stored these chunks in the repository.
+    Committed(Vec<ChunkId>),
+    /// Nothing more is coming.
+    Finish,
+}
+
+/// Tells a pre-installer which chunks each commit stored: [`PreInstall::commits`].
+#[derive(Clone)]
+pub struct Commits(mpsc::Sender<Event>);
+
+impl Commits {
+    /// These chunks are now in the node's repository.
+    pub fn stored(&self, ids: Vec<ChunkId>) {
+        // A pre-installer that stopped early no longer listens: nothing to do.
+        let _ = self.0.send(Event::Committed(ids));
+    }
+}
+
+/// Verified chunk contents held for the pre-installer when it falls behind: 16 MiB, the chunks (uncompressed) of
+/// ~10 s at 5 Mbit/s or ~2 s at 25 Mbit/s. A chunk no longer held is read from the repository once committed.
 const HELD_BYTES: usize = 16 << 20;
 
 impl PreInstall {
-    /// Starts writing the product files of `release` (id `id`) whose chunks the node's repository has now;
-    /// the others wait for [`Self::committed`].
+    /// Starts writing the product files of `release` (id `id`): those whose chunks the node's repository has
+    /// now at once, the others as their chunks come.
     pub fn start(node: Arc<Node>, id: ReleaseId, release: Release) -> Self {
         let (tx, rx) = mpsc::channel();
-        let verified = Arc::new(Verified::new(HELD_BYTES));
+        let tv = tx.clone();
+        let verified = Arc::new(Verified::notifying(HELD_BYTES, move |c| {
+            let _ = tv.send(Event::Verified(*c));
+        }));
         let v2 = verified.clone();
         let thread = std::thread::Builder::new()
             .name("qpack-preinstall".into())
@@ -61,31 +90,23 @@ impl PreInstall {
                 report
             })
             .ok();
-        Self { tx: Some(tx), thread, verified }
+        Self { tx, thread, verified }
     }
 
-    /// Where the fetch offers each chunk's contents once it verified them: the files are written from there
-    /// when their chunks are committed, instead of decompressing and hashing each chunk again.
+    /// Where the fetch offers each chunk's contents once it verified them: the files are written from there,
+    /// instead of decompressing and hashing each chunk again.
     pub fn verified(&self) -> Arc<Verified> {
         self.verified.clone()
     }
 
-    /// These chunks are now in the node's repository.
-    pub fn committed(&self, ids: Vec<ChunkId>) {
-        if let Some(tx) = &self.tx {
-            // A pre-installer that stopped early no longer listens: nothing to do.
-            let _ = tx.send(ids);
-        }
+    /// Where the writer says which chunks each commit stored.
+    pub fn commits(&self) -> Commits {
+        Commits(self.tx.clone())
     }
 
-    /// A sender for [`Self::committed`] that another thread can own.
-    pub fn sender(&self) -> Option<mpsc::Sender<Vec<ChunkId>>> {
-        self.tx.clone()
-    }
-
-    /// Stops it once it has placed the files whose chunks were announced, and says what it did.
+    /// Stops it once it has written what it was offered or told of before, and says what it did.
     pub fn finish(mut self) -> PreInstallReport {
-        self.tx = None;
+        let _ = self.tx.send(Event::Finish);
         match self.thread.take().map(|t| t.join()) {
             Some(Ok(r)) => r,
             Some(Err(_)) => {
@@ -98,11 +119,18 @@ impl PreInstall {
     }
 }
 
+impl Drop for PreInstall {
+    fn drop(&mut self) {
+        // Not finished (a failed staging): the thread ends without being waited for.
+        let _ = self.tx.send(Event::Finish);
+    }
+}
+
 fn run(
     node: &Node,
     id: &ReleaseId,
     release: &Release,
-    rx: mpsc::Receiver<Vec<ChunkId>>,
+    rx: mpsc::Receiver<Event>,
     verified: &Verified,
     report: &mut PreInstallReport,
 ) -> Result<(), String> {
@@ -117,52 +145,58 @@ fn run(
     make_dirs(&plan, &beneath, true).map_err(|e| e.to_string())?;
     // Files of product parts only: base and config files are few and small, and templates are rendered by the
     // install.
-    let mut waiting: HashMap<ChunkId, Vec<u32>> = HashMap::new();
-    let mut missing: HashMap<u32, u32> = HashMap::new();
-    let mut ready = Vec::new();
+    let (mut ready, mut fill) = (Vec::new(), Vec::new());
     for (k, (path, e)) in plan.entries.iter().enumerate() {
         let EntryKind::File { chunks, .. } = &e.kind else { continue };
         if !plan.in_product(path) || plan.inline.contains_key(path) {
             continue;
         }
-        let mut need: Vec<ChunkId> = chunks.iter().map(|c| c.id).filter(|c| !node.repo.has_chunk(c)).collect();
-        need.sort_unstable();
-        need.dedup();
-        if need.is_empty() {
+        if chunks.iter().all(|c| node.repo.has_chunk(&c.id)) {
             ready.push(k);
-            continue;
-        }
-        missing.insert(k as u32, need.len() as u32);
-        for c in need {
-            waiting.entry(c).or_default().push(k as u32);
+        } else {
+            fill.push(k);
         }
     }
-    verified.want(waiting.keys().copied());
-    let opts = WriteOptions { resume: true, readonly_products: true, link: Some(&links), verified: Some(verified) };
-    let mut place = |ready: &mut Vec<usize>| -> Result<(), String> {
-        if ready.is_empty() {
-            return Ok(());
+    let opts = WriteOptions { resume: true, readonly_products: true, link: Some(&links), verified: None };
+    let r = place_files(&node.repo, &plan, &beneath, &ready, &opts, &NoProgress).map_err(|e| e.to_string())?;
+    report.files += r.files;
+    report.bytes += r.bytes;
+    let mut filler = Filler::new(&plan, &beneath, &fill, true, true).map_err(|e| e.to_string())?;
+    let fill_result = (|| {
+        // What the files being filled share with what the repository has is written now.
+        let here: Vec<(ChunkId, u32)> =
+            filler.wanted().filter(|(c, _)| node.repo.has_chunk(c)).map(|(c, n)| (*c, n)).collect();
+        for (c, n) in here {
+            filler
+                .put(&c, &node.repo.read_chunk(&c, Some(n)).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
         }
-        let r = place_files(&node.repo, &plan, &beneath, ready, &opts, &NoProgress).map_err(|e| e.to_string())?;
-        report.files += r.files;
-        report.bytes += r.bytes;
-        ready.clear();
-        Ok(())
-    };
-    place(&mut ready)?;
-    while let Ok(ids) = rx.recv() {
-        for c in ids {
-            for k in waiting.remove(&c).unwrap_or_default() {
-                if let Some(n) = missing.get_mut(&k) {
-                    *n -= 1;
-                    if *n == 0 {
-                        missing.remove(&k);
-                        ready.push(k as usize);
+        verified.want(filler.wanted().map(|(c, _)| *c));
+        while let Ok(ev) = rx.recv() {
+            match ev {
+                Event::Verified(c) => {
+                    if let Some(n) = filler.wants(&c) {
+                        if let Some(d) = verified.take(&c).filter(|d| d.len() == n as usize) {
+                            filler.put(&c, &d).map_err(|e| e.to_string())?;
+                        }
                     }
                 }
+                Event::Committed(ids) => {
+                    for c in ids {
+                        let Some(n) = filler.wants(&c) else { continue };
+                        let d = match verified.take(&c).filter(|d| d.len() == n as usize) {
+                            Some(d) => d,
+                            None => node.repo.read_chunk(&c, Some(n)).map_err(|e| e.to_string())?,
+                        };
+                        filler.put(&c, &d).map_err(|e| e.to_string())?;
+                    }
+                }
+                Event::Finish => break,
             }
         }
-        place(&mut ready)?;
-    }
-    Ok(())
+        Ok(())
+    })();
+    report.files += filler.files;
+    report.bytes += filler.bytes;
+    fill_result
 }

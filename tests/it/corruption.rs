@@ -412,3 +412,87 @@ fn verified_contents_held_are_only_those_wanted_and_bounded() {
     held.offer(&id(4), vec![4; 101]);
     assert_eq!(held.take(&id(4)), None);
 }
+
+/// The product files of release `release` and their plan, with `dest` made and holding the plan's directories.
+fn fill_setup(repo: &qpack::store::Repository, release: &str, dest: &Path) -> (Plan, Beneath, Vec<usize>) {
+    let id = repo.read_ref(release).unwrap().unwrap();
+    let (_, rel) = repo.read_release(&id).unwrap();
+    let plan = Plan::load(repo, &rel, false).unwrap();
+    let files: Vec<usize> = (0..plan.entries.len())
+        .filter(|&k| {
+            let (p, e) = &plan.entries[k];
+            plan.in_product(p) && matches!(e.kind, qpack::manifest::EntryKind::File { .. })
+        })
+        .collect();
+    fs::create_dir_all(dest).unwrap();
+    let beneath = Beneath::open(dest).unwrap();
+    make_dirs(&plan, &beneath, true).unwrap();
+    (plan, beneath, files)
+}
+
+/// Whether `dest` has the file at `path` complete: the bytes, mode and mtime of the same file in `src`.
+fn same_file(src: &Path, dest: &Path, path: &[u8]) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (src.join(crate::util::p(path)), dest.join(crate::util::p(path)));
+    let (Ok(ma), Ok(mb)) = (fs::symlink_metadata(&a), fs::symlink_metadata(&b)) else { return false };
+    ma.mode() == mb.mode()
+        && (ma.mtime(), ma.mtime_nsec()) == (mb.mtime(), mb.mtime_nsec())
+        && fs::read(&a).unwrap() == fs::read(&b).unwrap()
+}
+
+#[test]
+fn files_filled_chunk_by_chunk_in_any_order_come_out_whole_and_only_complete_ones_are_kept() {
+    // Installing while fetching writes each chunk into its files as it comes, in the swarm's order; a file gets
+    // its mode and mtime (what marks it complete) only with its last chunk, and a resumed attempt keeps exactly
+    // the complete ones.
+    let f = fixture();
+    let repo = open_repo(&f.repo);
+    let dest = f.t.join("fill");
+    let (plan, beneath, files) = fill_setup(&repo, "r1", &dest);
+    let big = "Linux64/foo/1.0/lib/libfoo.so.1";
+    let big_chunks = chunks_of_file(&f.repo, "r1", big);
+    assert!(big_chunks.len() > 1, "a file of several chunks");
+    let mut filler = qpack::materialize::Filler::new(&plan, &beneath, &files, false, false).unwrap();
+    // The swarm's order is nobody's file order: the big file's chunks last to first, then the others, with its
+    // first chunk the very last.
+    let pos = |c: &ChunkId| big_chunks.iter().position(|b| b.id == *c);
+    let mut wanted: Vec<(ChunkId, u32)> = filler.wanted().map(|(c, n)| (*c, n)).collect();
+    wanted.sort_by_key(|(c, _)| match pos(c) {
+        Some(0) => (2, 0, c.to_hex()),
+        Some(i) => (0, usize::MAX - i, c.to_hex()),
+        None => (1, 0, c.to_hex()),
+    });
+    assert_eq!(wanted.last().unwrap().0, big_chunks[0].id);
+    // A chunk whose length is not the manifest's is refused, and nothing is lost.
+    let (c0, n0) = wanted[0];
+    let e = filler.put(&c0, &vec![0; n0 as usize + 1]).unwrap_err();
+    assert!(e.to_string().contains("bytes where the manifest says"), "{e}");
+    assert_eq!(filler.wants(&c0), Some(n0));
+    let half = wanted.len() / 2;
+    for (c, n) in &wanted[..half] {
+        filler.put(c, &repo.read_chunk(c, Some(*n)).unwrap()).unwrap();
+    }
+    let done_before: Vec<&[u8]> =
+        files.iter().map(|&k| plan.entries[k].0.as_slice()).filter(|p| same_file(&f.tree1, &dest, p)).collect();
+    assert!(!done_before.is_empty() && filler.incomplete() > 0, "half the chunks complete some files, not all");
+    assert!(dest.join(big).exists() && !same_file(&f.tree1, &dest, big.as_bytes()), "begun, not complete");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(fs::symlink_metadata(dest.join(big)).unwrap().permissions().mode() & 0o7777, 0o600);
+    // Killed here; the next attempt resumes: complete files are kept, the rest is redone.
+    drop(filler);
+    let mut filler = qpack::materialize::Filler::new(&plan, &beneath, &files, false, true).unwrap();
+    assert!(!dest.join(big).exists(), "an incomplete file is removed");
+    for p in &done_before {
+        assert!(same_file(&f.tree1, &dest, p), "{} kept", String::from_utf8_lossy(p));
+    }
+    let rest: Vec<(ChunkId, u32)> = filler.wanted().map(|(c, n)| (*c, n)).collect();
+    assert!(rest.len() < wanted.len(), "what the kept files alone had is not wanted again");
+    for (c, n) in rest.iter().rev() {
+        filler.put(c, &repo.read_chunk(c, Some(*n)).unwrap()).unwrap();
+    }
+    assert_eq!((filler.incomplete(), filler.wanted().count()), (0, 0));
+    for &k in &files {
+        let p = &plan.entries[k].0;
+        assert!(same_file(&f.tree1, &dest, p), "{} filled exactly", String::from_utf8_lossy(p));
+    }
+}
