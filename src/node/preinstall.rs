@@ -69,6 +69,9 @@ impl Commits {
 /// ~10 s at 5 Mbit/s or ~2 s at 25 Mbit/s. A chunk no longer held is read from the repository once committed.
 const HELD_BYTES: usize = 16 << 20;
 
+/// How long the thread lets chunks gather once one has come: at most 10 wake-ups a second.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl PreInstall {
     /// Starts writing the product files of `release` (id `id`): those whose chunks the node's repository has
     /// now at once, the others as their chunks come.
@@ -172,26 +175,36 @@ fn run(
                 .map_err(|e| e.to_string())?;
         }
         verified.want(filler.wanted().map(|(c, _)| *c));
-        while let Ok(ev) = rx.recv() {
-            match ev {
-                Event::Verified(c) => {
-                    if let Some(n) = filler.wants(&c) {
-                        if let Some(d) = verified.take(&c).filter(|d| d.len() == n as usize) {
+        let mut events = Vec::new();
+        'wait: while let Ok(first) = rx.recv() {
+            // What else comes in a moment is taken with it: one wake-up of this thread per batch of chunks, not
+            // one per chunk (364k in a 50-node lab run, on 2 cores).
+            if !matches!(first, Event::Finish) {
+                std::thread::sleep(GATHER);
+            }
+            events.push(first);
+            events.extend(rx.try_iter());
+            for ev in events.drain(..) {
+                match ev {
+                    Event::Verified(c) => {
+                        if let Some(n) = filler.wants(&c) {
+                            if let Some(d) = verified.take(&c).filter(|d| d.len() == n as usize) {
+                                filler.put(&c, &d).map_err(|e| e.to_string())?;
+                            }
+                        }
+                    }
+                    Event::Committed(ids) => {
+                        for c in ids {
+                            let Some(n) = filler.wants(&c) else { continue };
+                            let d = match verified.take(&c).filter(|d| d.len() == n as usize) {
+                                Some(d) => d,
+                                None => node.repo.read_chunk(&c, Some(n)).map_err(|e| e.to_string())?,
+                            };
                             filler.put(&c, &d).map_err(|e| e.to_string())?;
                         }
                     }
+                    Event::Finish => break 'wait,
                 }
-                Event::Committed(ids) => {
-                    for c in ids {
-                        let Some(n) = filler.wants(&c) else { continue };
-                        let d = match verified.take(&c).filter(|d| d.len() == n as usize) {
-                            Some(d) => d,
-                            None => node.repo.read_chunk(&c, Some(n)).map_err(|e| e.to_string())?,
-                        };
-                        filler.put(&c, &d).map_err(|e| e.to_string())?;
-                    }
-                }
-                Event::Finish => break,
             }
         }
         Ok(())
