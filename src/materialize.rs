@@ -284,15 +284,13 @@ pub struct WriteOptions<'a> {
     pub readonly_products: bool,
     /// Identical files of installed releases to hardlink instead of writing (product files only).
     pub link: Option<&'a LinkSources>,
-    /// Chunk contents already verified in memory, taken before the repository is read.
-    pub verified: Option<&'a Verified>,
 }
 
-/// Chunk contents verified as they arrived (decompressed and hashed to their id), held a short while for
-/// [`place_files`]: a node that installs while it fetches would otherwise decompress and hash every chunk twice,
+/// Chunk contents verified as they arrived (decompressed and hashed to their id), held a short while for the
+/// files being filled ([`Filler`]): a node that installs while it fetches would otherwise decompress and hash every chunk twice,
 /// once to check it on arrival and once to write it (in the 50-node lab, ~8% and ~6% of the machine's CPU).
 /// Only the chunks asked for ([`Self::want`]) are kept, at most `cap` bytes of them, the oldest dropped first: a
-/// big file's early chunks are read back from the repository when its last one comes.
+/// chunk no longer held is read back from the repository ([`Self::take_or_read`]).
 pub struct Verified {
     cap: usize,
     inner: Mutex<VerifiedInner>,
@@ -366,6 +364,20 @@ impl Verified {
             g.order.clear();
         }
         Some(d)
+    }
+
+    /// The contents of chunk `id` of `len` bytes, if held with that length (once).
+    pub fn take_sized(&self, id: &ChunkId, len: u32) -> Option<Vec<u8>> {
+        self.take(id).filter(|d| d.len() == len as usize)
+    }
+
+    /// The contents of chunk `id` of `len` bytes: held ([`Self::take_sized`]), else read from `repo` (and
+    /// verified as read).
+    pub fn take_or_read(&self, repo: &Repository, id: &ChunkId, len: u32) -> Result<Vec<u8>, StoreError> {
+        match self.take_sized(id, len) {
+            Some(d) => Ok(d),
+            None => repo.read_chunk(id, Some(len)),
+        }
     }
 
     /// How many chunks were taken.
@@ -677,13 +689,12 @@ fn place_file(
             }
         }
     }
-    write_file(repo, opts.verified, plan, pfd, path, e, mode, progress).map(|n| (n, false))
+    write_file(repo, plan, pfd, path, e, mode, progress).map(|n| (n, false))
 }
 
 #[allow(clippy::too_many_arguments)]
 fn write_file(
     repo: &Repository,
-    verified: Option<&Verified>,
     plan: &Plan,
     pfd: &OwnedFd,
     path: &[u8],
@@ -709,11 +720,7 @@ fn write_file(
         n = content.len() as u64;
     } else {
         for c in chunks {
-            let held = verified.and_then(|v| v.take(&c.id)).filter(|d| d.len() == c.len as usize);
-            let data = match held {
-                Some(d) => d,
-                None => repo.read_chunk(&c.id, Some(c.len))?,
-            };
+            let data = repo.read_chunk(&c.id, Some(c.len))?;
             f.write_all(&data).map_err(io_err)?;
             n += data.len() as u64;
             progress.advance(data.len() as u64);

@@ -128,7 +128,7 @@ pub fn install(
     let total: u64 =
         plan.entries.iter().map(|(_, e)| if let EntryKind::File { size, .. } = e.kind { size } else { 0 }).sum();
     progress.phase("installing", total);
-    let opts = WriteOptions { resume: report.resumed, readonly_products: true, link: Some(&links), verified: None };
+    let opts = WriteOptions { resume: report.resumed, readonly_products: true, link: Some(&links) };
     let written = match write_plan(&node.repo, &plan, &beneath, &opts, progress) {
         Ok(w) => w,
         Err(e) => {

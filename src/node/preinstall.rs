@@ -160,7 +160,7 @@ fn run(
             fill.push(k);
         }
     }
-    let opts = WriteOptions { resume: true, readonly_products: true, link: Some(&links), verified: None };
+    let opts = WriteOptions { resume: true, readonly_products: true, link: Some(&links) };
     let r = place_files(&node.repo, &plan, &beneath, &ready, &opts, &NoProgress).map_err(|e| e.to_string())?;
     report.files += r.files;
     report.bytes += r.bytes;
@@ -188,7 +188,7 @@ fn run(
                 match ev {
                     Event::Verified(c) => {
                         if let Some(n) = filler.wants(&c) {
-                            if let Some(d) = verified.take(&c).filter(|d| d.len() == n as usize) {
+                            if let Some(d) = verified.take_sized(&c, n) {
                                 filler.put(&c, &d).map_err(|e| e.to_string())?;
                             }
                         }
@@ -196,10 +196,7 @@ fn run(
                     Event::Committed(ids) => {
                         for c in ids {
                             let Some(n) = filler.wants(&c) else { continue };
-                            let d = match verified.take(&c).filter(|d| d.len() == n as usize) {
-                                Some(d) => d,
-                                None => node.repo.read_chunk(&c, Some(n)).map_err(|e| e.to_string())?,
-                            };
+                            let d = verified.take_or_read(&node.repo, &c, n).map_err(|e| e.to_string())?;
                             filler.put(&c, &d).map_err(|e| e.to_string())?;
                         }
                     }

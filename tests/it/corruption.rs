@@ -4,7 +4,7 @@
 use crate::args;
 use crate::util::*;
 use qpack::id::ChunkId;
-use qpack::materialize::{make_dirs, place_files, Beneath, Plan, Verified, WriteOptions};
+use qpack::materialize::{make_dirs, Beneath, Plan, Verified};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -337,25 +337,32 @@ fn damaged_ref_is_reported_and_the_rest_still_checked() {
     assert_same_tree(&f.tree2, &out, Cmp::EXACT);
 }
 
-/// Places file `path` of release `release` into a fresh directory `dest` as installing while fetching does,
-/// with chunk contents held in `verified` if given.
+/// Fills file `path` of release `release` into a fresh directory `dest` as installing while fetching does once
+/// its chunks are committed: each chunk from `held` if it is there, else read back from the repository.
 fn place_one(
     repo: &Path,
     release: &str,
     path: &str,
     dest: &Path,
-    verified: Option<&Verified>,
+    held: &Verified,
 ) -> Result<(), qpack::materialize::MaterializeError> {
     let repo = open_repo(repo);
     let id = repo.read_ref(release).unwrap().unwrap();
     let (_, rel) = repo.read_release(&id).unwrap();
     let plan = Plan::load(&repo, &rel, false).unwrap();
     let k = plan.entries.iter().position(|(p, _)| p == path.as_bytes()).expect("in the plan");
+    let qpack::manifest::EntryKind::File { chunks, .. } = &plan.entries[k].1.kind else { panic!("a file") };
     fs::create_dir(dest).unwrap();
     let beneath = Beneath::open(dest).unwrap();
     make_dirs(&plan, &beneath, false).unwrap();
-    let opts = WriteOptions { verified, ..Default::default() };
-    place_files(&repo, &plan, &beneath, &[k], &opts, &qpack::publish::NoProgress).map(|_| ())
+    let mut filler = qpack::materialize::Filler::new(&plan, &beneath, &[k], false, false)?;
+    for c in chunks {
+        if let Some(n) = filler.wants(&c.id) {
+            filler.put(&c.id, &held.take_or_read(&repo, &c.id, n)?)?;
+        }
+    }
+    assert_eq!(filler.incomplete(), 0);
+    Ok(())
 }
 
 #[test]
@@ -379,12 +386,12 @@ fn files_written_while_fetching_take_the_verified_contents_held_in_memory() {
         f.set_object(&c.id, &obj);
     }
     let a = f.t.join("a");
-    place_one(&f.repo, "r1", path, &a, Some(&held)).unwrap();
+    place_one(&f.repo, "r1", path, &a, &held).unwrap();
     assert_eq!(fs::read(a.join(path)).unwrap(), fs::read(f.tree1.join(path)).unwrap());
     assert_eq!(held.taken(), refs.len() as u64);
     assert_eq!(held.bytes(), 0, "each held chunk is taken once");
     // Nothing held any more: the damaged stored copy is read, and refused.
-    let e = place_one(&f.repo, "r1", path, &f.t.join("b"), Some(&held)).unwrap_err();
+    let e = place_one(&f.repo, "r1", path, &f.t.join("b"), &held).unwrap_err();
     assert!(e.to_string().contains(&refs[0].id.to_hex()), "{e}");
 }
 
