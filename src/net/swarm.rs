@@ -1559,10 +1559,13 @@ async fn run_batch(
 ) -> Outcome {
     // Generous: the end game, not these deadlines, keeps a slow peer from holding chunks up; they are for
     // peers that stopped answering.
-    let first = super::agent::UPLOAD_QUEUE + patience(&swarm.list, &batch);
+    let raw: u64 = batch.iter().map(|&i| u64::from(swarm.list.lens[i as usize])).sum();
+    let first = super::agent::UPLOAD_QUEUE + patience(raw);
     let cap = first * BATCH_PATIENCE;
     let mut got = Got::default();
-    let r = match tokio::time::timeout(cap, receive(agent, swarm, p, peer, &batch, first, wtx, job, &mut got)).await {
+    let r = match tokio::time::timeout(cap, receive(agent, swarm, p, peer, &batch, (first, raw), wtx, job, &mut got))
+        .await
+    {
         Ok(r) => r,
         Err(_) => Err(Fail::Other(format!("no whole answer within {:.1} s", cap.as_secs_f64()))),
     };
@@ -1587,9 +1590,8 @@ async fn run_batch(
     }
 }
 
-/// How long the chunks of `batch` still to come may take before an answer counts as not moving.
-fn patience(list: &ChunkList, batch: impl IntoIterator<Item = impl std::borrow::Borrow<u32>>) -> Duration {
-    let raw: u64 = batch.into_iter().map(|i| u64::from(list.lens[*i.borrow() as usize])).sum();
+/// How long an answer may go without a chunk while `raw` uncompressed bytes of it are still to come.
+fn patience(raw: u64) -> Duration {
     BATCH_FLOOR + Duration::from_secs_f64(raw as f64 / BATCH_CRAWL)
 }
 
@@ -1660,7 +1662,8 @@ impl Got {
 }
 
 /// One `GetChunks`: each chunk is checked (asked, not larger than it can be, decodes to its id) as it arrives.
-/// The answer must begin within `first`, and go on within the [`patience`] of what is still to come.
+/// The answer must begin within `first`, and go on within the [`patience`] of the `left` uncompressed bytes
+/// still to come.
 #[allow(clippy::too_many_arguments)]
 async fn receive(
     agent: &Agent,
@@ -1668,7 +1671,7 @@ async fn receive(
     p: usize,
     peer: &ClusterNode,
     batch: &[u32],
-    first: Duration,
+    (first, mut left): (Duration, u64),
     wtx: &tokio::sync::mpsc::Sender<Write>,
     job: &Job,
     got: &mut Got,
@@ -1712,12 +1715,14 @@ async fn receive(
                 if got.bytes >= FLUSH_BYTES {
                     got.flush(agent, swarm, peer, wtx, job).await?;
                 }
-                wait = patience(&swarm.list, &asked);
+                left = left.saturating_sub(u64::from(len));
+                wait = patience(left);
                 due = tokio::time::Instant::now() + wait;
             }
             Ok(Response::NotHere { index }) => {
                 // Not asked of it again until its next bitmap.
                 if asked.remove(&index) {
+                    left = left.saturating_sub(u64::from(swarm.list.lens[index as usize]));
                     swarm.sched().forget(p, index);
                 }
             }
